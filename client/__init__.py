@@ -1,0 +1,1 @@
+"""Live-caption client for the streamer server (`python -m client`)."""

@@ -1,0 +1,175 @@
+"""Dynamic batching of window requests from every stream of one model.
+
+Create one `Batcher(engine, config)` per model, `start()` it inside the event loop, and `await
+batcher.infer(audio)` from any session task: the call returns the window's log-probs, or raises the
+`EngineError` of the batch it was in. `await batcher.stop()` resolves everything still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from streamer.engine.base import Engine, FloatArray
+from streamer.errors import ConfigError, EngineError, OverloadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Defaults: batches of up to 16 windows (the CPU gains little beyond, a GPU gains up to it), a 10 ms
+    wait for company (a tenth of a partial hop, so it barely adds latency), 256 queued windows before
+    `infer` makes callers wait (backpressure to the sockets instead of memory growth)."""
+
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError("max batch size must be >= 1")
+        if self.max_wait_ms < 0:
+            raise ConfigError("max batch wait must be >= 0 ms")
+        if self.max_queue < 1:
+            raise ConfigError("batcher queue size must be >= 1")
+
+
+@dataclass
+class _Item:
+    audio: FloatArray
+    future: asyncio.Future[FloatArray]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """Counters read by /metrics and the benchmarks."""
+
+    batches: int = 0
+    windows: int = 0
+    failed_batches: int = 0
+    skipped: int = 0
+    audio_samples: int = 0
+    busy_s: float = 0.0
+    """Wall time inside engine.forward."""
+    cpu_s: float = 0.0
+    """CPU time of the inference thread inside engine.forward."""
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    """One loop per model: forms batches (bounded size and wait, no polling) and runs them on one thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: BatcherConfig | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config or BatcherConfig()
+        self.max_batch = max(1, min(self.config.max_batch, engine.max_batch))
+        self.stats = BatchStats()
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # One inference thread: the engine is not re-entrant and torch already uses every core per call.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{engine.name}")
+        self._closed = False
+        self._current: list[_Item] = []
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop (idempotent)."""
+        if self._task is None:
+            self._queue = asyncio.Queue(self.config.max_queue)
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def infer(self, audio: FloatArray) -> FloatArray:
+        """Log-probs for one window; waits while the queue is full."""
+        if self._closed or self._queue is None:
+            raise OverloadError("the model is shutting down")
+        future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(audio, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while len(batch) < self.max_batch:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [item for item in batch if not item.future.done()]
+            self.stats.skipped += len(batch) - len(live)
+            if live:
+                self._current = live
+                await self._run_batch(live)
+                self._current = []
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        windows = [item.audio for item in batch]
+        try:
+            outputs, wall, cpu = await loop.run_in_executor(self._executor, self._forward, windows)
+        except Exception as exc:  # one bad batch never kills the loop
+            self.stats.failed_batches += 1
+            log.error("engine %s failed on a batch of %d windows: %s", self.engine.name, len(batch), exc)
+            error = exc if isinstance(exc, EngineError) else EngineError(f"inference failed: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        self.stats.batches += 1
+        self.stats.windows += len(batch)
+        self.stats.audio_samples += sum(len(w) for w in windows)
+        self.stats.busy_s += wall
+        self.stats.cpu_s += cpu
+        self.stats.batch_sizes.append(len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), wall)
+        for item, out in zip(batch, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(out)
+
+    def _forward(self, windows: list[FloatArray]) -> tuple[list[FloatArray], float, float]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        outputs = self.engine.forward(windows)
+        return outputs, time.perf_counter() - wall, time.thread_time() - cpu
+
+    async def stop(self) -> None:
+        """Stop the loop; every request still queued fails with OverloadError (idempotent)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        leftovers = list(self._current)
+        if self._queue is not None:
+            while not self._queue.empty():
+                leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
+            if not item.future.done():
+                item.future.set_exception(OverloadError("the model is shutting down"))
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,55 @@
+"""Model engines. Only this package imports torch or a model runtime.
+
+`load_engine(spec)` turns a model spec into an `Engine`: `builtin:en` (or `hama`) is the built-in English
+model, `fake:tone` the model-free test engine, anything else a Hugging Face CTC checkpoint (hub id or local
+folder) loaded by `TransformersCTCEngine`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from streamer.engine.base import Engine
+
+log = logging.getLogger(__name__)
+
+BUILTIN_EN = "builtin:en"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run a transformers model: device auto|cpu|cuda[:N], dtype auto|float32|bfloat16|float16."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    max_batch: int = 16
+    warmup: bool = True
+
+
+def load_engine(spec: str, options: EngineOptions | None = None, name: str | None = None) -> Engine:
+    """Load the model named by `spec` (see the module docstring)."""
+    options = options or EngineOptions()
+    if spec in (BUILTIN_EN, "hama"):
+        from streamer.engine.hama_engine import HamaEngine
+
+        return HamaEngine(name or "hama-en")
+    if spec in ("fake:tone", "fake"):
+        from streamer.engine.fake import ToneEngine
+
+        return ToneEngine(max_batch=options.max_batch)
+    from streamer.engine.transformers_ctc import TransformersCTCEngine
+
+    return TransformersCTCEngine.load(
+        spec,
+        device=options.device,
+        dtype=options.dtype,
+        threads=options.threads,
+        warmup=options.warmup,
+        max_batch=options.max_batch,
+        name=name,
+    )
+
+
+__all__ = ["BUILTIN_EN", "Engine", "EngineOptions", "load_engine"]

@@ -1,0 +1,483 @@
+"""Sans-I/O streaming recognition for one stream and one channel.
+
+Feed it with `receive_audio(samples)` (16 kHz float32), `finalize()` (flush what is pending) and `close()`
+(end of stream); collect `take_requests()` (windows for the model), answer each with
+`receive_logprobs(request_id, logprobs)` (or `fail_request`), and drain `take_events()`. No I/O, no
+awaiting, no model: the caller (runner.py) moves requests to the batcher and events to the client.
+
+How finals are made (see `StreamingConfig`): partial transcripts come from cheap overlapping windows
+(`partial_plan`); a final comes from one pass of the model over the audio not yet finalised, at the end of a
+speech segment, so it equals an offline pass over that segment. A segment that goes on for long is
+finalised in pieces: a pass over the pending audio is cut in the middle of its longest blank run (a pause
+between words), far enough from the live edge that the kept frames had right context.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from streamer import SAMPLE_RATE
+from streamer.ctc import FloatArray
+from streamer.engine.base import Engine
+from streamer.errors import ConfigError
+from streamer.transcript import (
+    Event,
+    SpeechStarted,
+    Transcript,
+    UtteranceEnd,
+    Word,
+    render_words,
+)
+from streamer.vad import SegmentAudio, SegmentEnd, Segmenter, SegmentStart, SpeechDetector, VadConfig
+from streamer.windows import FramePlan, Geometry, Stitcher, Window, WindowPlan
+
+RequestKind = Literal["window", "commit", "final"]
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """How a session turns segments into windows and finals. Defaults, and why:
+
+    - `partial_plan` 0.4 s left, 0.8 s hop, 0.2 s right: a partial at least every 0.8 s of speech for
+      1.75x model compute; partials are replaced by finals, so they trade accuracy for cost.
+    - `final_pass` on: one model pass over the not-yet-final audio at the segment end, so finals equal
+      an offline pass; off, finals are the stitched windows (cheaper, less exact at window edges).
+    - `commit_after_s` 8 s: beyond that much pending speech a piece is finalised at a pause, so a long
+      monologue never waits for one big pass at its end; `commit_right_s` 1 s of audio after the cut.
+    - `context_s` 1 s of left context for passes that do not start at the segment start.
+    """
+
+    partial_plan: WindowPlan = field(default_factory=WindowPlan)
+    final_pass: bool = True
+    commit_after_s: float = 8.0
+    commit_right_s: float = 1.0
+    context_s: float = 1.0
+    min_cut_run: int = 3
+    """Blank frames in a row that count as a pause where a long segment may be cut."""
+    interim_results: bool = True
+    utterance_end_ms: int | None = None
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def __post_init__(self) -> None:
+        if self.commit_after_s <= self.commit_right_s + 1.0:
+            raise ConfigError("commit_after_s must exceed commit_right_s by more than 1 s")
+        if self.context_s < 0:
+            raise ConfigError("context_s must be >= 0")
+        if self.utterance_end_ms is not None and self.utterance_end_ms < 1000:
+            raise ConfigError("utterance_end_ms must be at least 1000")
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    """Audio for one model pass. `audio` is 16 kHz float32; answer with `Session.receive_logprobs`."""
+
+    id: int
+    audio: FloatArray
+    kind: RequestKind
+    channel: int
+
+
+@dataclass
+class _Pending:
+    segment: _Segment
+    kind: RequestKind
+    window: Window
+    generation: int
+
+
+class _Segment:
+    """One VAD segment: its audio, what is final, and the stitcher that feeds partials."""
+
+    def __init__(self, start_sample: int, plan: FramePlan, geometry: Geometry) -> None:
+        self.start_sample = start_sample
+        self._buf = np.zeros(16000, dtype=np.float32)
+        self.length = 0
+        self.end_reason: str | None = None
+        self.from_finalize = False
+        self.region = 0  # first frame not yet final
+        self.carry: int | None = None  # token at frame region-1, for CTC collapse across the cut
+        self.stitcher = Stitcher(plan, geometry)
+        self.generation = 0  # bumps when the region moves, to drop stale partial windows
+        self.inflight: dict[int, Window] = {}  # planned window id -> window, in plan order
+        self.landed: dict[int, FloatArray] = {}
+        self.commit_inflight = False
+        self.final_issued = False
+        self.final_frames: FloatArray | None = None  # set when the final pass has landed
+
+    def append(self, samples: FloatArray) -> None:
+        need = self.length + len(samples)
+        if need > len(self._buf):
+            grown = np.zeros(max(need, 2 * len(self._buf)), dtype=np.float32)
+            grown[: self.length] = self._buf[: self.length]
+            self._buf = grown
+        self._buf[self.length : need] = samples
+        self.length = need
+
+    def audio(self, start: int, end: int) -> FloatArray:
+        return self._buf[start:end].copy()
+
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+
+class Session:
+    """Streaming recognition state machine for one channel of one stream."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: StreamingConfig,
+        channel: int = 0,
+        detector: SpeechDetector | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.channel = channel
+        self.geometry = Geometry(engine.frame_samples, engine.receptive_field, engine.num_frames)
+        self._plan = FramePlan.from_seconds(config.partial_plan, engine.frame_samples)
+        fs = engine.frame_samples
+        self._context = round(config.context_s * SAMPLE_RATE / fs)
+        self._commit_after = round(config.commit_after_s * SAMPLE_RATE)
+        self._commit_right = round(config.commit_right_s * SAMPLE_RATE / fs)
+        self._segmenter = Segmenter(config.vad, detector)
+        self._segments: deque[_Segment] = deque()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._requests: list[WindowRequest] = []
+        self._events: list[Event] = []
+        self._last_partial: tuple[str, float] | None = None
+        self._last_word_end: float | None = None
+        self._utterance_end_due = False
+        self._closed = False
+        self.samples_received = 0
+        self.samples_to_model = 0
+        self.speech_samples = 0
+
+    # ---- input -------------------------------------------------------------------------------------
+
+    @property
+    def stream_time(self) -> float:
+        return self.samples_received / SAMPLE_RATE
+
+    def receive_audio(self, samples: FloatArray) -> None:
+        """Feed 16 kHz float32 audio of any length."""
+        if self._closed:
+            raise RuntimeError("session is closed")
+        self.samples_received += len(samples)
+        self._apply(self._segmenter.push(samples))
+        self._schedule()
+        self._check_utterance_end()
+
+    def finalize(self) -> None:
+        """Flush: what is pending becomes final (`from_finalize`); the stream stays open."""
+        self._apply(self._segmenter.flush())
+        if self._segments:
+            self._segments[-1].from_finalize = True
+        else:
+            self._emit_empty_finalize()
+        self._schedule()
+
+    def close(self) -> None:
+        """End of stream: flush like `finalize`, then accept no more audio."""
+        if self._closed:
+            return
+        self._apply(self._segmenter.flush())
+        self._closed = True
+        self._schedule()
+
+    @property
+    def done(self) -> bool:
+        """Closed and nothing left in flight: every final has been emitted."""
+        return self._closed and not self._segments and not self._pending
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._pending)
+
+    def take_requests(self) -> list[WindowRequest]:
+        out, self._requests = self._requests, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def receive_logprobs(self, request_id: int, logprobs: FloatArray) -> None:
+        """Answer to a request from `take_requests` (any order)."""
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return
+        seg = entry.segment
+        if entry.kind == "window":
+            seg.landed[request_id] = logprobs
+            self._stitch(seg)
+        elif entry.kind == "commit":
+            seg.commit_inflight = False
+            self._commit(seg, entry.window, logprobs)
+        else:
+            self._final(seg, entry.window, logprobs)
+        self._schedule()
+
+    def fail_request(self, request_id: int) -> None:
+        """The engine failed on a request: forget it (the caller reports the error and closes)."""
+        self._pending.pop(request_id, None)
+
+    def cancel(self) -> None:
+        """Client gone: drop everything in flight; no more events."""
+        self._pending.clear()
+        self._segments.clear()
+        self._requests.clear()
+        self._closed = True
+
+    # ---- segmentation --------------------------------------------------------------------------------
+
+    def _apply(self, events: list[SegmentStart | SegmentAudio | SegmentEnd]) -> None:
+        for ev in events:
+            if isinstance(ev, SegmentStart):
+                self._segments.append(_Segment(ev.sample, self._plan, self.geometry))
+                if not ev.continued:
+                    self._events.append(SpeechStarted(self.channel, ev.trigger_sample / SAMPLE_RATE))
+                self._utterance_end_due = False
+            elif isinstance(ev, SegmentAudio):
+                self._segments[-1].append(ev.samples)
+                self.speech_samples += len(ev.samples)
+            else:
+                self._segments[-1].end_reason = ev.reason
+
+    # ---- planning ------------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        for index, seg in enumerate(list(self._segments)):
+            if self.config.final_pass:
+                if self.config.interim_results and index == 0 and not seg.ended:
+                    self._plan_windows(seg)
+                self._maybe_commit(seg)
+            else:
+                self._plan_windows(seg)
+            self._maybe_final(seg)
+
+    def _request(self, seg: _Segment, kind: RequestKind, window: Window) -> int:
+        rid = next(self._ids)
+        audio = seg.audio(window.start, window.end)
+        self.samples_to_model += len(audio)
+        self._pending[rid] = _Pending(seg, kind, window, seg.generation)
+        self._requests.append(WindowRequest(rid, audio, kind, self.channel))
+        return rid
+
+    def _plan_windows(self, seg: _Segment) -> None:
+        while True:
+            window = seg.stitcher.next_window(seg.length, final=seg.ended and not self.config.final_pass)
+            if window is None:
+                return
+            seg.inflight[self._request(seg, "window", window)] = window
+
+    def _stitch(self, seg: _Segment) -> None:
+        # Join landed windows in plan order; drop windows planned before the region moved.
+        for rid in list(seg.inflight):
+            if rid not in seg.landed:
+                break
+            window = seg.inflight.pop(rid)
+            logprobs = seg.landed.pop(rid)
+            if window.keep_from == seg.stitcher.stitched:
+                seg.stitcher.add(window, logprobs)
+        if not self.config.final_pass:
+            self._maybe_commit(seg)
+        self._emit_partial()
+
+    def _maybe_commit(self, seg: _Segment) -> None:
+        """Finalise a long segment's pending audio in pieces, cut at a pause."""
+        if seg.ended or seg.commit_inflight:
+            return
+        fs = self.engine.frame_samples
+        if self.config.final_pass:
+            if seg.length - seg.region * fs < self._commit_after:
+                return
+            start = max(0, seg.region - self._context) * fs
+            total = self.engine.num_frames(seg.length)
+            window = Window(start, seg.length, seg.region, total, False, fs)
+            seg.commit_inflight = True
+            self._request(seg, "commit", window)
+            return
+        stitched = seg.stitcher.stitched
+        if (stitched - seg.region) * fs >= self._commit_after:
+            frames = seg.stitcher.frames()[seg.region :]
+            self._cut(seg, frames)
+
+    def _commit(self, seg: _Segment, window: Window, logprobs: FloatArray) -> None:
+        if seg.ended and seg.final_issued:
+            return  # the final pass covers it
+        self._cut(seg, window.kept(logprobs))
+
+    def _cut(self, seg: _Segment, frames: FloatArray) -> None:
+        """Finalise `frames` (from `seg.region`) up to the middle of their best pause."""
+        usable = len(frames) - self._commit_right
+        if usable <= 1:
+            return
+        # Search the later half only, so that every cut finalises a good share of what is pending.
+        low = usable // 2
+        cut = low + _pause_cut(
+            frames[low:usable], self.engine.blank_id, self.engine.word_delimiter_id, self.config
+        )
+        self._emit_final(seg, frames[:cut], seg.region, speech_final=False, from_finalize=False)
+        seg.region += cut
+        seg.generation += 1
+        if self.config.final_pass:
+            seg.stitcher = Stitcher(self._plan, self.geometry, start_frame=seg.region)
+            seg.inflight.clear()
+            seg.landed.clear()
+        self._last_partial = None
+
+    def _maybe_final(self, seg: _Segment) -> None:
+        if not seg.ended or seg.final_issued:
+            return
+        fs = self.engine.frame_samples
+        if self.config.final_pass:
+            if seg.commit_inflight:
+                return  # cut first, then one pass over what remains
+            total = self.engine.num_frames(seg.length)
+            start = max(0, seg.region - self._context) * fs
+            seg.final_issued = True
+            window = Window(start, seg.length, seg.region, max(total, seg.region), True, fs)
+            if total <= seg.region:
+                self._final(seg, window, np.zeros((0, len(self.engine.vocabulary)), dtype=np.float32))
+                return
+            self._request(seg, "final", window)
+            return
+        # Stitched finals: once the stitcher has joined its last window.
+        if seg.stitcher.done and not seg.inflight:
+            seg.final_issued = True
+            frames = seg.stitcher.frames()[seg.region :]
+            window = Window(0, seg.length, seg.region, seg.region + len(frames), True, fs)
+            self._final(seg, window, frames, kept=True)
+
+    def _final(self, seg: _Segment, window: Window, logprobs: FloatArray, kept: bool = False) -> None:
+        seg.final_frames = logprobs if kept else window.kept(logprobs)
+        self._flush_finals()
+
+    def _flush_finals(self) -> None:
+        # Finals leave in segment order even when passes land out of order.
+        while self._segments and self._segments[0].final_frames is not None:
+            seg = self._segments.popleft()
+            assert seg.final_frames is not None
+            self._emit_final(
+                seg,
+                seg.final_frames,
+                seg.region,
+                speech_final=seg.end_reason == "silence",
+                from_finalize=seg.from_finalize,
+                end_sample=seg.length,
+            )
+        self._emit_partial()
+
+    # ---- output --------------------------------------------------------------------------------------
+
+    def _emit_final(
+        self,
+        seg: _Segment,
+        frames: FloatArray,
+        first_frame: int,
+        *,
+        speech_final: bool,
+        from_finalize: bool,
+        end_sample: int | None = None,
+    ) -> None:
+        words, last = self._words(seg, frames, first_frame)
+        seg.carry = last
+        fs = self.engine.frame_samples
+        start = (seg.start_sample + first_frame * fs) / SAMPLE_RATE
+        end = seg.start_sample + (end_sample if end_sample is not None else (first_frame + len(frames)) * fs)
+        end_s = max(start, end / SAMPLE_RATE)
+        if words:
+            self._last_word_end = words[-1].end
+            self._utterance_end_due = self.config.utterance_end_ms is not None
+        self._events.append(
+            Transcript(
+                self.channel,
+                round(start, 3),
+                round(end_s - start, 3),
+                tuple(words),
+                is_final=True,
+                speech_final=speech_final,
+                from_finalize=from_finalize,
+            )
+        )
+        self._last_partial = None
+
+    def _emit_empty_finalize(self) -> None:
+        t = round(self.stream_time, 3)
+        self._events.append(Transcript(self.channel, t, 0.0, (), True, False, True))
+
+    def _emit_partial(self) -> None:
+        if not self.config.interim_results or not self._segments:
+            return
+        seg = self._segments[0]
+        if seg.final_frames is not None:
+            return
+        stitched = seg.stitcher.frames()
+        offset = seg.region - seg.stitcher.start_frame
+        parts = [stitched[offset:]] if len(stitched) > offset else []
+        if seg.stitcher.provisional is not None and len(seg.stitcher.provisional):
+            parts.append(seg.stitcher.provisional)
+        if not parts:
+            return
+        frames = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        words, _ = self._words(seg, frames, seg.region)
+        if not words:
+            return
+        fs = self.engine.frame_samples
+        start = (seg.start_sample + seg.region * fs) / SAMPLE_RATE
+        end = (seg.start_sample + (seg.region + len(frames)) * fs) / SAMPLE_RATE
+        text = " ".join(w.word for w in words)
+        if self._last_partial == (text, end):
+            return
+        self._last_partial = (text, end)
+        self._events.append(
+            Transcript(self.channel, round(start, 3), round(end - start, 3), tuple(words), is_final=False)
+        )
+
+    def _words(self, seg: _Segment, frames: FloatArray, first_frame: int) -> tuple[list[Word], int]:
+        return render_words(
+            frames,
+            blank_id=self.engine.blank_id,
+            delimiter_id=self.engine.word_delimiter_id,
+            spell=self.engine.spell,
+            frame_samples=self.engine.frame_samples,
+            first_frame=first_frame,
+            origin_sample=seg.start_sample,
+            prev_token=seg.carry,
+        )
+
+    def _check_utterance_end(self) -> None:
+        ms = self.config.utterance_end_ms
+        if ms is None or not self._utterance_end_due or self._last_word_end is None:
+            return
+        if self._segmenter.in_speech:
+            return
+        if self.stream_time - self._last_word_end >= ms / 1000:
+            self._utterance_end_due = False
+            self._events.append(UtteranceEnd(self.channel, round(self._last_word_end, 3)))
+
+
+def _pause_cut(frames: FloatArray, blank_id: int, delimiter_id: int | None, config: StreamingConfig) -> int:
+    """Frame index to cut at: the middle of the longest run of blank/delimiter frames (latest on ties).
+
+    Falls back to the end when no run of `min_cut_run` frames exists (a word may then be split; the CTC
+    collapse still carries the last token across).
+    """
+    best = frames.argmax(axis=1)
+    quiet = best == blank_id
+    if delimiter_id is not None:
+        quiet |= best == delimiter_id
+    best_len, best_mid = 0, len(frames)
+    run = 0
+    for i, q in enumerate(quiet.tolist()):
+        run = run + 1 if q else 0
+        if run >= best_len and run >= config.min_cut_run:
+            best_len, best_mid = run, i + 1 - run // 2
+    return best_mid

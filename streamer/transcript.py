@@ -1,0 +1,91 @@
+"""What sessions emit: words and transcript events in stream time, independent of any wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from streamer import SAMPLE_RATE
+from streamer.ctc import FloatArray, greedy_words, transcript_confidence
+
+Speller = Callable[[Sequence[Sequence[int]]], list[str]]
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A partial (`is_final=False`) or final transcript of stream audio [start, start + duration)."""
+
+    channel: int
+    start: float
+    duration: float
+    words: tuple[Word, ...]
+    is_final: bool
+    speech_final: bool = False
+    from_finalize: bool = False
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.word for w in self.words)
+
+    @property
+    def confidence(self) -> float:
+        return transcript_confidence([w.confidence for w in self.words])
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    channel: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    channel: int
+    last_word_end: float
+
+
+Event = Transcript | SpeechStarted | UtteranceEnd
+
+
+def render_words(
+    logprobs: FloatArray,
+    *,
+    blank_id: int,
+    delimiter_id: int | None,
+    spell: Speller,
+    frame_samples: int,
+    first_frame: int,
+    origin_sample: int,
+    prev_token: int | None = None,
+) -> tuple[list[Word], int]:
+    """Decode frames `first_frame...` of a segment starting at stream sample `origin_sample` into words.
+
+    Returns the words (times in stream seconds) and the last frame's token for the next call.
+    """
+    decoded = greedy_words(
+        logprobs,
+        blank_id=blank_id,
+        delimiter_id=delimiter_id,
+        frame_offset=first_frame,
+        prev_token=prev_token,
+    )
+    texts = spell([w.tokens for w in decoded.words]) if decoded.words else []
+    words = [
+        Word(
+            text,
+            (origin_sample + w.start_frame * frame_samples) / SAMPLE_RATE,
+            (origin_sample + w.end_frame * frame_samples) / SAMPLE_RATE,
+            round(w.confidence, 4),
+        )
+        for w, text in zip(decoded.words, texts, strict=True)
+        if text
+    ]
+    return words, decoded.last_token

@@ -1,0 +1,245 @@
+"""Voice-activity segmentation: 16 kHz float32 audio in, speech segments out (sans-I/O).
+
+Call `Segmenter.push(samples)` with audio as it arrives and `Segmenter.flush()` to force the end of the
+current segment; both return `SegmentStart` / `SegmentAudio` / `SegmentEnd` events in stream order. Only
+segment audio (speech plus a short pre-roll and tail) ever reaches the model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from streamer import SAMPLE_RATE
+from streamer.audio import float_to_linear16
+from streamer.errors import ConfigError
+
+FloatArray = npt.NDArray[np.float32]
+EndReason = Literal["silence", "max_length", "flush"]
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """VAD settings. Defaults, and why:
+
+    - aggressiveness 2: 3 clips soft word onsets on telephone audio, 0-1 call line noise speech.
+    - 30 ms frames: webrtcvad is most reliable on its longest frame.
+    - pre-roll 300 ms (>= the 200 ms floor): the detector triggers after ~3 voiced frames and word onsets
+      (unvoiced fricatives) start well before it fires.
+    - endpointing 400 ms: read and conversational speech pauses 150-300 ms inside sentences, so 400 ms
+      rarely cuts a sentence yet finalises a turn quickly; clients override it per stream (`endpointing`).
+    - tail 200 ms of the closing silence stays in the segment so CTC sees the end of the last phoneme.
+    - segments split after 15 s (at the first unvoiced frame within the last 3 s, else hard at 15 s):
+      a longer full pass costs more than a second of final latency on a CPU.
+    """
+
+    aggressiveness: int = 2
+    frame_ms: int = 30
+    preroll_ms: int = 300
+    start_frames: int = 3
+    """Voiced frames among the last `start_window` that start a segment."""
+    start_window: int = 5
+    endpoint_ms: int | None = 400
+    """Silence that ends a segment; None disables (segments end only on flush or length)."""
+    tail_ms: int = 200
+    max_segment_s: float = 15.0
+    soft_split_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ConfigError(f"VAD aggressiveness must be 0-3, got {self.aggressiveness}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ConfigError(f"VAD frame size must be 10, 20 or 30 ms, got {self.frame_ms}")
+        if self.preroll_ms < 0 or self.tail_ms < 0:
+            raise ConfigError("VAD pre-roll and tail must be >= 0 ms")
+        if self.endpoint_ms is not None and self.endpoint_ms < self.frame_ms:
+            raise ConfigError(f"endpointing must be at least one VAD frame ({self.frame_ms} ms)")
+        if not 1 <= self.start_frames <= self.start_window:
+            raise ConfigError("VAD start_frames must be between 1 and start_window")
+        if self.max_segment_s < 2.0:
+            raise ConfigError(f"maximum segment length must be >= 2 s, got {self.max_segment_s}")
+        if not 0 <= self.soft_split_s < self.max_segment_s:
+            raise ConfigError("soft split window must be shorter than the maximum segment")
+
+    @property
+    def frame_samples(self) -> int:
+        return SAMPLE_RATE * self.frame_ms // 1000
+
+
+class SpeechDetector(Protocol):
+    """Frame classifier behind the segmenter; a stronger detector (silero-vad) plugs in here."""
+
+    def is_speech(self, frame: FloatArray) -> bool:
+        """Whether one VAD frame (`VadConfig.frame_samples` samples at 16 kHz) holds speech."""
+        ...
+
+
+class WebRtcDetector:
+    """webrtcvad, run at 16 kHz on 16-bit PCM."""
+
+    def __init__(self, aggressiveness: int) -> None:
+        self._vad = webrtcvad.Vad(aggressiveness)
+
+    def is_speech(self, frame: FloatArray) -> bool:
+        return bool(self._vad.is_speech(float_to_linear16(frame), SAMPLE_RATE))
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    sample: int
+    """Stream sample where the segment's audio (pre-roll included) begins."""
+    trigger_sample: int
+    """Stream sample of the first voiced frame that triggered it (for SpeechStarted)."""
+    continued: bool = False
+    """The segment continues speech that a length split cut (no new SpeechStarted)."""
+
+
+@dataclass(frozen=True)
+class SegmentAudio:
+    samples: FloatArray
+
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    sample: int
+    """Stream sample just past the segment's last sample."""
+    reason: EndReason
+
+
+SegmentEvent = SegmentStart | SegmentAudio | SegmentEnd
+
+
+class Segmenter:
+    """Turns a 16 kHz stream into speech segments with pre-roll, endpointing and a length cap."""
+
+    def __init__(self, config: VadConfig, detector: SpeechDetector | None = None) -> None:
+        self.config = config
+        self._detector = detector or WebRtcDetector(config.aggressiveness)
+        self._n = config.frame_samples
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole VAD frame
+        self._position = 0  # stream sample at the start of `_pending`
+        preroll_frames = -(-config.preroll_ms // config.frame_ms)
+        self._history: deque[tuple[int, FloatArray, bool]] = deque(
+            maxlen=max(preroll_frames, config.start_window)
+        )
+        self._in_speech = False
+        self._segment_samples = 0
+        self._silence: list[FloatArray] = []  # trailing unvoiced frames held while deciding on an end
+        self._silence_start = 0
+        self._endpoint_frames = (
+            None if config.endpoint_ms is None else -(-config.endpoint_ms // config.frame_ms)
+        )
+        self._tail_frames = config.tail_ms // config.frame_ms
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def position(self) -> int:
+        """Stream samples classified so far."""
+        return self._position
+
+    def push(self, samples: FloatArray) -> list[SegmentEvent]:
+        """Feed audio of any length; returns the events it completes."""
+        data = np.concatenate((self._pending, samples)) if self._pending.size else samples
+        events: list[SegmentEvent] = []
+        n = self._n
+        whole = len(data) - len(data) % n
+        for offset in range(0, whole, n):
+            self._frame(data[offset : offset + n], events)
+        self._pending = np.array(data[whole:], dtype=np.float32)
+        return events
+
+    def flush(self) -> list[SegmentEvent]:
+        """Force the end of the current segment (client Finalize or end of stream)."""
+        events: list[SegmentEvent] = []
+        if self._in_speech:
+            held = [*self._silence, self._pending] if self._pending.size else list(self._silence)
+            for chunk in held:
+                events.append(SegmentAudio(chunk))
+                self._segment_samples += len(chunk)
+            self._position += len(self._pending)
+            self._pending = np.zeros(0, dtype=np.float32)
+            self._silence = []
+            events.append(SegmentEnd(self._position, "flush"))
+            self._in_speech = False
+        else:
+            # Unclassified tail outside speech: shorter than one VAD frame of presumed silence.
+            self._position += len(self._pending)
+            self._pending = np.zeros(0, dtype=np.float32)
+        self._history.clear()
+        return events
+
+    def _frame(self, frame: FloatArray, events: list[SegmentEvent]) -> None:
+        start = self._position
+        self._position += len(frame)
+        voiced = self._detector.is_speech(frame)
+        if not self._in_speech:
+            self._history.append((start, frame, voiced))
+            recent = list(self._history)[-self.config.start_window :]
+            if sum(v for _, _, v in recent) >= self.config.start_frames:
+                self._start_segment(events)
+            return
+        if voiced:
+            self._release_silence(events)
+            self._append(frame, events)
+        else:
+            if not self._silence:
+                self._silence_start = start
+            self._silence.append(frame)
+            if self._endpoint_frames is not None and len(self._silence) >= self._endpoint_frames:
+                self._end_segment(events, "silence")
+                return
+        self._check_length(voiced, events)
+
+    def _start_segment(self, events: list[SegmentEvent]) -> None:
+        history = list(self._history)
+        trigger = next(s for s, _, v in history[-self.config.start_window :] if v)
+        preroll = self.config.preroll_ms * SAMPLE_RATE // 1000
+        kept = [(s, f) for s, f, _ in history if s + len(f) > trigger - preroll]
+        self._history.clear()
+        self._in_speech = True
+        self._segment_samples = 0
+        events.append(SegmentStart(kept[0][0], trigger))
+        for _, f in kept:
+            self._append(f, events)
+
+    def _append(self, frame: FloatArray, events: list[SegmentEvent]) -> None:
+        events.append(SegmentAudio(frame))
+        self._segment_samples += len(frame)
+
+    def _release_silence(self, events: list[SegmentEvent]) -> None:
+        for f in self._silence:
+            self._append(f, events)
+        self._silence = []
+
+    def _end_segment(self, events: list[SegmentEvent], reason: EndReason) -> None:
+        tail = self._silence[: self._tail_frames]
+        for f in tail:
+            self._append(f, events)
+        end = self._silence_start + sum(len(f) for f in tail) if self._silence else self._position
+        events.append(SegmentEnd(end, reason))
+        self._in_speech = False
+        # Frames of the closing silence after the tail may hold the next onset: keep them as pre-roll.
+        for i, f in enumerate(self._silence[self._tail_frames :], start=self._tail_frames):
+            self._history.append((self._silence_start + i * self._n, f, False))
+        self._silence = []
+
+    def _check_length(self, voiced: bool, events: list[SegmentEvent]) -> None:
+        cfg = self.config
+        seconds = (self._segment_samples + sum(len(f) for f in self._silence)) / SAMPLE_RATE
+        soft = seconds >= cfg.max_segment_s - cfg.soft_split_s and not voiced
+        if not (soft or seconds >= cfg.max_segment_s):
+            return
+        # Split without losing audio: held silence goes into the closing segment and the speaker is
+        # still talking, so the next segment opens at once.
+        self._release_silence(events)
+        events.append(SegmentEnd(self._position, "max_length"))
+        events.append(SegmentStart(self._position, self._position, continued=True))
+        self._segment_samples = 0

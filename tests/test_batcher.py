@@ -1,0 +1,107 @@
+"""Tier 2 (fake engine): dynamic batching across concurrent requests, failures, skips and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from streamer.batcher import Batcher, BatcherConfig
+from streamer.engine.fake import ToneEngine
+from streamer.errors import ConfigError, EngineError, OverloadError
+
+
+def _window(seed: int, n: int = 8000) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+
+
+async def test_concurrent_requests_are_batched_and_answered_correctly() -> None:
+    engine = ToneEngine(delay_s=0.02)
+    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
+    batcher.start()
+    windows = [_window(i) for i in range(40)]
+    outs = await asyncio.gather(*(batcher.infer(w) for w in windows))
+    reference = ToneEngine()
+    for w, out in zip(windows, outs, strict=True):
+        np.testing.assert_array_equal(out, reference.forward([w])[0])
+    assert max(batcher.stats.batch_sizes) == 8
+    assert sum(batcher.stats.batch_sizes) == 40
+    assert batcher.stats.batches < 40 / 2
+    # Inference ran on one thread, never on the event loop's.
+    assert len(engine.threads_seen) == 1 and threading.get_ident() not in engine.threads_seen
+    await batcher.stop()
+
+
+async def test_max_batch_is_capped_by_the_engine() -> None:
+    engine = ToneEngine(max_batch=1, delay_s=0.005)
+    batcher = Batcher(engine, BatcherConfig(max_batch=16))
+    batcher.start()
+    await asyncio.gather(*(batcher.infer(_window(i)) for i in range(6)))
+    assert set(batcher.stats.batch_sizes) == {1}
+    await batcher.stop()
+
+
+async def test_a_failing_batch_fails_exactly_its_requests() -> None:
+    poison = _window(99)
+    engine = ToneEngine(fail=lambda ws: any(w is poison for w in ws))
+    batcher = Batcher(engine, BatcherConfig(max_batch=1))
+    batcher.start()
+    # Batches of one: only the poisoned window's request fails, and the loop lives on.
+    results = await asyncio.gather(
+        batcher.infer(_window(1)), batcher.infer(poison), batcher.infer(_window(2)), return_exceptions=True
+    )
+    assert isinstance(results[1], EngineError)
+    assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
+    assert batcher.stats.failed_batches == 1
+    ok = await batcher.infer(_window(3))
+    assert ok.shape[1] == len(engine.vocabulary)
+    await batcher.stop()
+
+
+async def test_cancelled_requests_are_skipped() -> None:
+    engine = ToneEngine(delay_s=0.05)
+    batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0))
+    batcher.start()
+    first = asyncio.create_task(batcher.infer(_window(0)))
+    await asyncio.sleep(0.01)  # the first window is now running
+    doomed = [asyncio.create_task(batcher.infer(_window(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    for t in doomed:
+        t.cancel()
+    await first
+    await asyncio.sleep(0.1)
+    assert batcher.stats.skipped == 3
+    assert batcher.stats.windows == 1
+    await batcher.stop()
+
+
+async def test_stop_resolves_everything_pending() -> None:
+    engine = ToneEngine(delay_s=0.05)
+    batcher = Batcher(engine, BatcherConfig(max_batch=2, max_wait_ms=0, max_queue=64))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.infer(_window(i))) for i in range(10)]
+    await asyncio.sleep(0.02)
+    await batcher.stop()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(t.done() for t in tasks)
+    assert any(isinstance(r, OverloadError) for r in results)
+    with pytest.raises(OverloadError):
+        await batcher.infer(_window(0))
+
+
+async def test_queue_is_bounded() -> None:
+    engine = ToneEngine(delay_s=0.05)
+    batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0, max_queue=2))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.infer(_window(i))) for i in range(8)]
+    await asyncio.sleep(0.01)
+    assert batcher.queued <= 2
+    await asyncio.gather(*tasks)
+    await batcher.stop()
+
+
+def test_invalid_config() -> None:
+    with pytest.raises(ConfigError):
+        BatcherConfig(max_batch=0)
