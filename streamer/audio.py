@@ -163,5 +163,8 @@ class AudioDecoder:
 
 
 def float_to_linear16(samples: FloatArray) -> bytes:
-    """float32 in [-1, 1] to signed 16-bit little-endian bytes (for clients, tests and webrtcvad)."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    """float32 in [-1, 1] to signed 16-bit little-endian bytes (for clients, tests and webrtcvad).
+
+    Scaled by 32768 like the decoder, so 16-bit audio read as float survives the round trip bit-exactly.
+    """
+    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()

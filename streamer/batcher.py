@@ -135,6 +135,11 @@ class Batcher:
         except Exception as exc:  # one bad batch never kills the loop
             self.stats.failed_batches += 1
             log.error("engine %s failed on a batch of %d windows: %s", self.engine.name, len(batch), exc)
+            if len(batch) > 1:
+                # Retry one by one so that only the window that fails (e.g. one bad input) fails its stream.
+                for item in batch:
+                    await self._run_batch([item])
+                return
             error = exc if isinstance(exc, EngineError) else EngineError(f"inference failed: {exc}")
             for item in batch:
                 if not item.future.done():

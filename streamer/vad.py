@@ -34,8 +34,9 @@ class VadConfig:
     - endpointing 400 ms: read and conversational speech pauses 150-300 ms inside sentences, so 400 ms
       rarely cuts a sentence yet finalises a turn quickly; clients override it per stream (`endpointing`).
     - tail 200 ms of the closing silence stays in the segment so CTC sees the end of the last phoneme.
-    - segments split after 15 s (at the first unvoiced frame within the last 3 s, else hard at 15 s):
-      a longer full pass costs more than a second of final latency on a CPU.
+    - segments split in the middle of the first pause of 90 ms or more after 7 s, else hard at 15 s. A
+      final is one model pass over its segment, so this bounds final latency (a 15 s pass takes over a
+      second on a CPU) while keeping sentence-sized context for the model.
     """
 
     aggressiveness: int = 2
@@ -48,7 +49,9 @@ class VadConfig:
     """Silence that ends a segment; None disables (segments end only on flush or length)."""
     tail_ms: int = 200
     max_segment_s: float = 15.0
-    soft_split_s: float = 3.0
+    split_after_s: float = 7.0
+    """After this long, a pause of `split_frames` unvoiced frames (shorter than endpointing) splits."""
+    split_frames: int = 3
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -63,8 +66,10 @@ class VadConfig:
             raise ConfigError("VAD start_frames must be between 1 and start_window")
         if self.max_segment_s < 2.0:
             raise ConfigError(f"maximum segment length must be >= 2 s, got {self.max_segment_s}")
-        if not 0 <= self.soft_split_s < self.max_segment_s:
-            raise ConfigError("soft split window must be shorter than the maximum segment")
+        if not 0 < self.split_after_s <= self.max_segment_s:
+            raise ConfigError("split_after_s must be > 0 and at most the maximum segment length")
+        if self.split_frames < 1:
+            raise ConfigError("split_frames must be >= 1")
 
     @property
     def frame_samples(self) -> int:
@@ -187,6 +192,7 @@ class Segmenter:
                 self._start_segment(events)
             return
         if voiced:
+            self._maybe_split_at_pause(len(frame), events)
             self._release_silence(events)
             self._append(frame, events)
         else:
@@ -231,15 +237,33 @@ class Segmenter:
             self._history.append((self._silence_start + i * self._n, f, False))
         self._silence = []
 
-    def _check_length(self, voiced: bool, events: list[SegmentEvent]) -> None:
+    def _maybe_split_at_pause(self, frame_len: int, events: list[SegmentEvent]) -> None:
+        """Speech resumed (a frame of `frame_len` samples, not yet appended) after a pause: split a long
+        segment in the pause's middle."""
         cfg = self.config
-        seconds = (self._segment_samples + sum(len(f) for f in self._silence)) / SAMPLE_RATE
-        soft = seconds >= cfg.max_segment_s - cfg.soft_split_s and not voiced
-        if not (soft or seconds >= cfg.max_segment_s):
+        held = sum(len(f) for f in self._silence)
+        if (
+            len(self._silence) < cfg.split_frames
+            or (self._segment_samples + held) < cfg.split_after_s * SAMPLE_RATE
+        ):
             return
-        # Split without losing audio: held silence goes into the closing segment and the speaker is
-        # still talking, so the next segment opens at once.
-        self._release_silence(events)
-        events.append(SegmentEnd(self._position, "max_length"))
-        events.append(SegmentStart(self._position, self._position, continued=True))
+        self._split(len(self._silence) // 2, events, unappended=frame_len)
+
+    def _check_length(self, voiced: bool, events: list[SegmentEvent]) -> None:
+        held = sum(len(f) for f in self._silence)
+        if self._segment_samples + held >= self.config.max_segment_s * SAMPLE_RATE:
+            self._split(len(self._silence), events)
+
+    def _split(self, keep: int, events: list[SegmentEvent], unappended: int = 0) -> None:
+        """End the segment after `keep` held silence frames and open the next one at once, losing nothing:
+        the speaker goes on, so the rest of the held silence starts the new segment."""
+        closing, opening = self._silence[:keep], self._silence[keep:]
+        for f in closing:
+            self._append(f, events)
+        split = self._position - unappended - sum(len(f) for f in opening)
+        events.append(SegmentEnd(split, "max_length"))
+        events.append(SegmentStart(split, split, continued=True))
         self._segment_samples = 0
+        self._silence = []
+        for f in opening:
+            self._append(f, events)

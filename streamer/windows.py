@@ -24,9 +24,9 @@ FloatArray = npt.NDArray[np.float32]
 class WindowPlan:
     """Window sizes in seconds; rounded to whole model frames by `FramePlan.from_seconds`."""
 
-    left_s: float = 0.4
-    hop_s: float = 0.8
-    right_s: float = 0.2
+    left_s: float = 0.3
+    hop_s: float = 0.7
+    right_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.left_s < 0 or self.right_s < 0:

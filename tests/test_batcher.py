@@ -60,6 +60,19 @@ async def test_a_failing_batch_fails_exactly_its_requests() -> None:
     await batcher.stop()
 
 
+async def test_a_bad_window_in_a_shared_batch_fails_only_its_own_request() -> None:
+    poison = _window(99)
+    engine = ToneEngine(delay_s=0.01, fail=lambda ws: any(w is poison for w in ws))
+    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=20))
+    batcher.start()
+    results = await asyncio.gather(
+        *(batcher.infer(w) for w in [_window(1), poison, _window(2), _window(3)]), return_exceptions=True
+    )
+    assert [isinstance(r, EngineError) for r in results] == [False, True, False, False]
+    assert 4 in engine.batch_sizes  # they did share a batch first
+    await batcher.stop()
+
+
 async def test_cancelled_requests_are_skipped() -> None:
     engine = ToneEngine(delay_s=0.05)
     batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0))

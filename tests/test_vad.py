@@ -76,13 +76,21 @@ def test_endpointing_disabled_waits_for_flush() -> None:
     assert [r for *_, r in segs] == ["flush"]
 
 
-def test_long_speech_is_split_without_loss() -> None:
-    cfg = VadConfig(max_segment_s=4.0, soft_split_s=1.0)
-    speech = np.concatenate([np.concatenate([_burst(0.7), _silence(0.06)]) for _ in range(14)])
+@pytest.mark.parametrize("pause_s", [0.03, 0.15])
+def test_long_speech_is_split_without_loss(pause_s: float) -> None:
+    # 30 ms pauses are too short to split at (hard split at the maximum); 150 ms pauses split softly.
+    cfg = VadConfig(max_segment_s=4.0, split_after_s=2.5)
+    speech = np.concatenate([np.concatenate([_burst(0.7), _silence(pause_s)]) for _ in range(14)])
     audio = np.concatenate([_silence(0.5), speech, _silence(1.0)])
     segs = _segments(_run(audio, cfg))
     assert len(segs) >= 3
-    assert all(len(x) <= 4.0 * SR for _, _, x, _ in segs)
+    frame = cfg.frame_samples
+    for _, _, x, _ in segs[:-1]:
+        if pause_s < 0.09:
+            assert 4.0 * SR <= len(x) <= 4.0 * SR + frame
+        else:
+            assert 2.5 * SR <= len(x) < 4.0 * SR
+            assert np.abs(x[-frame:]).max() == 0  # cut inside a pause, not inside a word
     for (_, end, _, reason), (start, _, _, _) in itertools.pairwise(segs):
         assert reason == "max_length"
         assert start == end  # the next segment continues exactly where the split was

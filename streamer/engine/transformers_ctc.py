@@ -105,6 +105,7 @@ def _looks_like_path(model: str) -> bool:
 
 
 def _hub_error(model: str, offline: bool, cause: BaseException) -> ModelLoadError:
+    first_line = (str(cause).strip().splitlines() or [""])[0]  # transformers appends a long generic hint
     why = (
         "HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched and it is not there"
         if offline
@@ -114,8 +115,8 @@ def _hub_error(model: str, offline: bool, cause: BaseException) -> ModelLoadErro
     return ModelLoadError(
         f"cannot load model {model!r}: {why}. Either download it once where the network is reachable "
         "(unset HF_HUB_OFFLINE), or pass the path of a local folder written with "
-        "`save_pretrained` (model and processor), e.g. --model /models/my-wav2vec2. "
-        f"Cause: {type(cause).__name__}: {cause}"
+        "`save_pretrained` (model and processor) instead of the id, e.g. /models/my-wav2vec2. "
+        f"Cause: {type(cause).__name__}: {first_line}"
     )
 
 
@@ -241,12 +242,6 @@ class TransformersCTCEngine:
             raise ConfigError(f"threads must be >= 1, not {threads}")
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, not {max_batch}")
-        if torch_device.type == "cpu":
-            # Denormals in near-silent audio make x86 CPU kernels crawl; flushing them costs no accuracy here.
-            torch.set_flush_denormal(True)
-            if threads is not None:
-                torch.set_num_threads(threads)
-
         path = Path(model).expanduser()
         if path.exists():
             if not path.is_dir() or not (path / "config.json").is_file():
@@ -280,13 +275,19 @@ class TransformersCTCEngine:
 
         feature_extractor, tokenizer = _load_processor(transformers, source, model, common)
 
+        if torch_device.type == "cpu":
+            # Denormals in near-silent audio make x86 CPU kernels crawl; flushing them costs no accuracy here.
+            torch.set_flush_denormal(True)
+            if threads is not None:
+                torch.set_num_threads(threads)
+
         try:
             loaded = _load_model(transformers, source, config, torch_dtype, common)
         except OSError as exc:
             if is_local:
                 raise ModelLoadError(f"cannot load the weights in {model!r}: {exc}") from exc
             raise _hub_error(model, local_only, exc) from exc
-        except (ValueError, RuntimeError, KeyError) as exc:
+        except Exception as exc:  # whatever transformers raises for a broken or unsupported checkpoint
             raise ModelLoadError(f"{model!r}: cannot build the CTC model: {exc}") from exc
         hf_model, info = loaded
         missing = [k for k in info.get("missing_keys", ()) if "lm_head" in k]
@@ -461,14 +462,14 @@ def _load_processor(transformers: Any, source: str, model: str, common: dict[str
         processor = transformers.AutoProcessor.from_pretrained(source, **common)
         feature_extractor = getattr(processor, "feature_extractor", None)
         tokenizer = getattr(processor, "tokenizer", None)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # no processor config, or an unusual one: the two parts may still load
         logger.debug("%s: AutoProcessor failed (%s); trying feature extractor and tokenizer", model, exc)
     try:
         if feature_extractor is None:
             feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(source, **common)
         if tokenizer is None:
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:
         raise ModelLoadError(
             f"{model!r}: no usable processor (feature extractor + CTC tokenizer) next to the model: {exc}"
         ) from exc

@@ -1,0 +1,5 @@
+"""Entry point for `python -m client`."""
+
+from client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""`python -m streamer.bench <benchmark> [flags]`; `--help` after a benchmark name lists its flags."""
+
+from __future__ import annotations
+
+import sys
+
+BENCHMARKS = {"accuracy": "streamer.bench.accuracy"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in BENCHMARKS:
+        print(f"usage: python -m streamer.bench {{{','.join(BENCHMARKS)}}} [flags]", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(BENCHMARKS[args[0]])
+    result: int = module.main(args[1:])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

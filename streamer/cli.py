@@ -1,0 +1,400 @@
+"""Command line: flags and `STREAMER_*` environment variables -> `ServerConfig`, then serve.
+
+`python -m streamer --help` lists every flag with its environment variable and default. A flag beats its
+variable, the variable beats the default. From code: `build_config(argv, environ)` returns the config (or
+raises ConfigError); `main(argv)` parses, configures logging, runs the server and returns the exit status
+(2 for invalid settings, 1 when a model cannot be loaded or the port cannot be bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from streamer.batcher import BatcherConfig
+from streamer.config import DEFAULT_MODELS, VAD_CHOICES, Limits, ModelSpec, ServerConfig, VadChoice
+from streamer.engine import EngineOptions
+from streamer.errors import ConfigError, ModelLoadError, StreamerError
+from streamer.session import StreamingConfig
+from streamer.vad import VadConfig
+from streamer.windows import WindowPlan
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    env: str
+    default: str | None
+    help: str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+_DEFAULT_LIMITS = Limits()
+_DEFAULT_STREAMING = StreamingConfig()
+_DEFAULT_BATCHER = BatcherConfig()
+_DEFAULT_VAD = VadConfig()
+_DEFAULT_PLAN = WindowPlan()
+
+# Single-valued options. Repeatable ones (--model, --api-key) and --no-final-pass are added by hand.
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("--host", "STREAMER_HOST", "127.0.0.1", "interface to listen on"),
+    _Option("--port", "STREAMER_PORT", "8000", "TCP port; 0 picks a free one (the log says which)"),
+    _Option(
+        "--api-keys-file",
+        "STREAMER_API_KEYS_FILE",
+        None,
+        "file with one API key per line (# comments)",
+        "FILE",
+    ),
+    _Option("--max-streams", "STREAMER_MAX_STREAMS", str(_DEFAULT_LIMITS.max_streams), "concurrent streams"),
+    _Option(
+        "--idle-timeout",
+        "STREAMER_IDLE_TIMEOUT",
+        f"{_DEFAULT_LIMITS.idle_timeout_s:g}",
+        "seconds without audio or KeepAlive before a stream is closed (1011)",
+    ),
+    _Option(
+        "--shutdown-grace",
+        "STREAMER_SHUTDOWN_GRACE",
+        f"{_DEFAULT_LIMITS.shutdown_grace_s:g}",
+        "seconds to flush live streams on SIGTERM before cancelling them",
+    ),
+    _Option(
+        "--max-message-bytes",
+        "STREAMER_MAX_MESSAGE_BYTES",
+        str(_DEFAULT_LIMITS.max_message_bytes),
+        "largest WebSocket frame; bigger ones close the stream with 1009",
+    ),
+    _Option(
+        "--max-body-bytes",
+        "STREAMER_MAX_BODY_BYTES",
+        str(_DEFAULT_LIMITS.max_body_bytes),
+        "largest pre-recorded POST body (413 beyond)",
+    ),
+    _Option(
+        "--max-inflight",
+        "STREAMER_MAX_INFLIGHT",
+        str(_DEFAULT_LIMITS.max_inflight_windows),
+        "windows in flight per stream before the server stops reading its socket",
+    ),
+    _Option(
+        "--window-left", "STREAMER_WINDOW_LEFT", f"{_DEFAULT_PLAN.left_s:g}", "partial window left context, s"
+    ),
+    _Option("--window-hop", "STREAMER_WINDOW_HOP", f"{_DEFAULT_PLAN.hop_s:g}", "partial window hop, s"),
+    _Option(
+        "--window-right",
+        "STREAMER_WINDOW_RIGHT",
+        f"{_DEFAULT_PLAN.right_s:g}",
+        "partial window right context, s",
+    ),
+    _Option(
+        "--vad-aggressiveness",
+        "STREAMER_VAD_AGGRESSIVENESS",
+        str(_DEFAULT_VAD.aggressiveness),
+        "webrtcvad aggressiveness 0-3",
+    ),
+    _Option(
+        "--endpointing-ms",
+        "STREAMER_ENDPOINTING_MS",
+        str(_DEFAULT_VAD.endpoint_ms),
+        "silence that ends an utterance when the client sends no endpointing; 'false' disables "
+        f"(client values below one VAD frame, {_DEFAULT_VAD.frame_ms} ms, are raised to it)",
+    ),
+    _Option(
+        "--max-segment-s",
+        "STREAMER_MAX_SEGMENT_S",
+        f"{_DEFAULT_VAD.max_segment_s:g}",
+        "longest speech segment before it is split, s",
+    ),
+    _Option(
+        "--vad",
+        "STREAMER_VAD",
+        "auto",
+        "speech detector: webrtc, energy (a loudness threshold, only for the fake:tone test engine), "
+        "or auto (energy for fake: models, webrtc otherwise)",
+    ),
+    _Option("--max-batch", "STREAMER_MAX_BATCH", str(_DEFAULT_BATCHER.max_batch), "windows per engine batch"),
+    _Option(
+        "--max-wait-ms",
+        "STREAMER_MAX_WAIT_MS",
+        f"{_DEFAULT_BATCHER.max_wait_ms:g}",
+        "how long a batch waits for company, ms",
+    ),
+    _Option("--device", "STREAMER_DEVICE", "auto", "auto, cpu, cuda or cuda:N"),
+    _Option("--dtype", "STREAMER_DTYPE", "auto", "auto, float32, bfloat16 or float16"),
+    _Option("--threads", "STREAMER_THREADS", None, "torch intra-op threads (default: torch's choice)"),
+    _Option("--log-level", "STREAMER_LOG_LEVEL", "info", "debug, info, warning or error"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog="python -m streamer",
+        description="Real-time streaming speech recognition server with Deepgram's /v1/listen API.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Every flag can also be set with the environment variable shown; the flag wins.\n"
+            "Example: python -m streamer --port 8000 --model en=builtin:en --model he=/models/w2v2-he"
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="LANG=SPEC",
+        help="a model to serve, named by its language: SPEC is builtin:en, fake:tone, a hub id or a folder; "
+        "repeatable (env STREAMER_MODEL, comma-separated; default "
+        + ",".join(f"{m.name}={m.spec}" for m in DEFAULT_MODELS)
+        + ")",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="accept this API key (Authorization: Token KEY); repeatable; with no key at all the server is "
+        "open (env STREAMER_API_KEYS, comma-separated; default none)",
+    )
+    for opt in _OPTIONS:
+        default = "none" if opt.default is None else opt.default
+        parser.add_argument(
+            opt.flag,
+            dest=opt.dest,
+            metavar=opt.metavar or opt.dest.upper(),
+            help=f"{opt.help} (env {opt.env}; default {default})",
+        )
+    parser.add_argument(
+        "--no-final-pass",
+        action="store_true",
+        default=None,
+        help="make finals from the stitched partial windows instead of one pass per utterance "
+        "(cheaper, less exact) (env STREAMER_NO_FINAL_PASS=1)",
+    )
+    return parser
+
+
+def _number(kind: Callable[[str], T], what: str) -> Callable[[str, str], T]:
+    def convert(source: str, text: str) -> T:
+        try:
+            return kind(text.strip())
+        except ValueError:
+            raise ConfigError(f"{source}: expected {what}, got {text!r}") from None
+
+    return convert
+
+
+_int = _number(int, "an integer")
+_float = _number(float, "a number")
+
+
+def _bool(source: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{source}: expected true or false, got {text!r}")
+
+
+class _Values:
+    """Each option's text from the flag, else the environment, else the default, with its source."""
+
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+        self._args = args
+        self._env = environ
+        self._by_dest = {o.dest: o for o in _OPTIONS}
+
+    def get(self, dest: str) -> tuple[str, str | None]:
+        opt = self._by_dest[dest]
+        given = getattr(self._args, dest)
+        if given is not None:
+            return opt.flag, given
+        if opt.env in self._env:
+            return opt.env, self._env[opt.env]
+        return opt.flag, opt.default
+
+    def convert(self, dest: str, fn: Callable[[str, str], T]) -> T:
+        source, text = self.get(dest)
+        if text is None:
+            raise ConfigError(f"{source}: a value is needed")
+        return fn(source, text)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _read_keys(path: str, source: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _check(condition: bool, source: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{source}: {message}")
+
+
+def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Parse flags (argparse errors exit 2) and environment into a ServerConfig; raises ConfigError."""
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    values = _Values(args, env)
+    return _config_from(args, values, env)
+
+
+def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, str]) -> ServerConfig:
+    if args.model:
+        models = tuple(ModelSpec.parse(m) for m in args.model)
+    elif env.get("STREAMER_MODEL", "").strip():
+        models = tuple(ModelSpec.parse(m) for m in _split(env["STREAMER_MODEL"]))
+    else:
+        models = DEFAULT_MODELS
+
+    keys: list[str] = list(args.api_key or _split(env.get("STREAMER_API_KEYS", "")))
+    source, keys_file = values.get("api_keys_file")
+    if keys_file:
+        keys.extend(_read_keys(keys_file, source))
+
+    port_source, _ = values.get("port")
+    port = values.convert("port", _int)
+    _check(0 <= port <= 65535, port_source, f"port must be 0-65535, got {port}")
+
+    limits = Limits(
+        max_streams=values.convert("max_streams", _int),
+        idle_timeout_s=values.convert("idle_timeout", _float),
+        max_message_bytes=values.convert("max_message_bytes", _int),
+        max_body_bytes=values.convert("max_body_bytes", _int),
+        shutdown_grace_s=values.convert("shutdown_grace", _float),
+        max_inflight_windows=values.convert("max_inflight", _int),
+    )
+
+    endpoint_source, endpoint_text = values.get("endpointing_ms")
+    endpoint_ms: int | None
+    if endpoint_text is not None and endpoint_text.strip().lower() in ("false", "off", "none"):
+        endpoint_ms = None
+    else:
+        endpoint_ms = values.convert("endpointing_ms", _int)
+    if endpoint_ms is not None:
+        frame_ms = _DEFAULT_VAD.frame_ms
+        _check(endpoint_ms >= frame_ms, endpoint_source, f"must be >= {frame_ms} ms (one VAD frame) or false")
+    vad = VadConfig(
+        aggressiveness=values.convert("vad_aggressiveness", _int),
+        endpoint_ms=endpoint_ms,
+        max_segment_s=values.convert("max_segment_s", _float),
+    )
+    no_final_pass = (
+        args.no_final_pass
+        if args.no_final_pass is not None
+        else _bool("STREAMER_NO_FINAL_PASS", env.get("STREAMER_NO_FINAL_PASS", "false"))
+    )
+    streaming = replace(
+        _DEFAULT_STREAMING,
+        partial_plan=WindowPlan(
+            left_s=values.convert("window_left", _float),
+            hop_s=values.convert("window_hop", _float),
+            right_s=values.convert("window_right", _float),
+        ),
+        final_pass=not no_final_pass,
+        vad=vad,
+    )
+    batcher = BatcherConfig(
+        max_batch=values.convert("max_batch", _int),
+        max_wait_ms=values.convert("max_wait_ms", _float),
+    )
+    threads_source, threads_text = values.get("threads")
+    threads = None if threads_text in (None, "") else values.convert("threads", _int)
+    if threads is not None:
+        _check(threads >= 1, threads_source, f"threads must be >= 1, got {threads}")
+    engine = EngineOptions(
+        device=values.convert("device", lambda _s, t: t.strip()),
+        dtype=values.convert("dtype", lambda _s, t: t.strip()),
+        threads=threads,
+        max_batch=batcher.max_batch,
+    )
+    vad_source, vad_text = values.get("vad")
+    vad_choice = (vad_text or "auto").strip().lower()
+    _check(
+        vad_choice in VAD_CHOICES, vad_source, f"expected one of {', '.join(VAD_CHOICES)}, got {vad_text!r}"
+    )
+    return ServerConfig(
+        host=values.convert("host", lambda _s, t: t.strip()),
+        port=port,
+        models=models,
+        api_keys=frozenset(keys),
+        limits=limits,
+        streaming=streaming,
+        batcher=batcher,
+        engine=engine,
+        vad=_vad_choice(vad_choice),
+    )
+
+
+def _vad_choice(text: str) -> VadChoice:
+    for choice in VAD_CHOICES:
+        if choice == text:
+            return choice
+    raise ConfigError(f"vad: unknown choice {text!r}")
+
+
+def _log_level(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    values = _Values(args, env)
+    source, text = values.get("log_level")
+    level = (text or "info").strip().lower()
+    _check(level in LOG_LEVELS, source, f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return int(getattr(logging, level.upper()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m streamer`: 0 after a clean shutdown, 2 for invalid settings, 1 for start-up failures."""
+    env = os.environ
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        level = _log_level(args, env)
+        config = _config_from(args, _Values(args, env), env)
+    except ConfigError as exc:
+        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streamer.server import run  # deferred: --help and bad flags need not import aiohttp
+
+    try:
+        run(config)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    except (ModelLoadError, StreamerError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except OSError as exc:  # port in use, permission denied
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C while models load, before the signal handlers are installed
+        log.warning("interrupted during start-up")
+        return 130
+    return 0

@@ -1,0 +1,55 @@
+"""Tier 3 (real model, real speech): streaming through Session + Batcher matches the full pass.
+
+Runs the accuracy benchmark's own code on a few clips, so a regression in stitching or finalisation fails
+CI. Not timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from streamer.bench.accuracy import evaluate, main
+from streamer.bench.data import load_manifest, normalise, wer
+from streamer.engine.hama_engine import HamaEngine
+from streamer.session import StreamingConfig
+
+CLIPS = ["jfk", "LDC93S1", "ls_1089-134691-0001", "vctk_p225_003"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> HamaEngine:
+    return HamaEngine()
+
+
+def test_streaming_equals_offline_on_real_clips(eval_data: Path, engine: HamaEngine) -> None:
+    clips = [c for c in load_manifest(eval_data, "en") if c.name in CLIPS]
+    assert len(clips) == len(CLIPS)
+    rows, joined = asyncio.run(
+        evaluate(engine, clips, StreamingConfig(), long_stream=True, seed=1, verbose=False)
+    )
+    for row in rows:
+        assert row.streaming == row.offline, row.name  # short segments: the final pass is the offline pass
+        assert 1.0 < row.result.samples_to_model / row.result.speech_samples < 3.0
+    assert joined is not None
+    assert wer([joined.offline], [joined.streaming]) <= 0.02
+    assert wer([joined.reference], [joined.streaming]) < 0.4
+
+
+def test_normaliser() -> None:
+    assert normalise("Hello, World!  It's  DONE.") == "hello world it's done"
+    assert normalise("זוֹ הָיְיתָה אֲוִוירָה.") == "זו הייתה אווירה"
+    assert wer(["a b c"], ["a b c"]) == 0.0
+    assert wer(["a b c d"], ["a x c"]) == 0.5
+
+
+def test_cli_prints_the_summary_line(eval_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(eval_data), "--clips", "2", "--no-long-stream", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    last = out[-1]
+    assert last.startswith("accuracy: clips=2 offline_wer=")
+    fields = dict(kv.split("=") for kv in last.split()[1:])
+    assert set(fields) == {"clips", "offline_wer", "streaming_wer", "stream_vs_offline", "compute_ratio"}
+    assert all(float(v) >= 0 for v in fields.values())
