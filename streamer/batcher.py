@@ -1,14 +1,16 @@
 """Dynamic batching of window requests from every stream of one model.
 
 Create one `Batcher(engine, config)` per model, `start()` it inside the event loop, and `await
-batcher.infer(audio)` from any session task: the call returns the window's log-probs, or raises the
-`EngineError` of the batch it was in. `await batcher.stop()` resolves everything still pending.
+batcher.infer(audio, priority)` from any session task: the call returns the window's log-probs, or raises
+the `EngineError` of its window. Lower priorities go first (finals 0, partial windows 1), FIFO within one.
+`await batcher.stop()` resolves everything still pending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -77,7 +79,8 @@ class Batcher:
         self.max_batch = max(1, min(self.config.max_batch, engine.max_batch))
         self.stats = BatchStats()
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Item]] | None = None
+        self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
         # One inference thread: the engine is not re-entrant and torch already uses every core per call.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{engine.name}")
@@ -87,19 +90,23 @@ class Batcher:
     def start(self) -> None:
         """Start the batching loop on the running event loop (idempotent)."""
         if self._task is None:
-            self._queue = asyncio.Queue(self.config.max_queue)
+            self._queue = asyncio.PriorityQueue(self.config.max_queue)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     @property
     def queued(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def infer(self, audio: FloatArray) -> FloatArray:
-        """Log-probs for one window; waits while the queue is full."""
+    async def infer(self, audio: FloatArray, priority: int = 1) -> FloatArray:
+        """Log-probs for one window; waits while the queue is full.
+
+        Finals (priority 0) overtake queued partial windows (1): under load partials arrive later, finals
+        keep their latency.
+        """
         if self._closed or self._queue is None:
             raise OverloadError("the model is shutting down")
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(audio, future))
+        await self._queue.put((priority, next(self._seq), _Item(audio, future)))
         return await future
 
     async def _run(self) -> None:
@@ -107,17 +114,17 @@ class Batcher:
         queue = self._queue
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
+            batch = [(await queue.get())[2]]
             deadline = loop.time() + self.config.max_wait_ms / 1000
             while len(batch) < self.max_batch:
                 if not queue.empty():
-                    batch.append(queue.get_nowait())
+                    batch.append(queue.get_nowait()[2])
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    batch.append((await asyncio.wait_for(queue.get(), remaining))[2])
                 except TimeoutError:
                     break
             live = [item for item in batch if not item.future.done()]
@@ -173,7 +180,7 @@ class Batcher:
         leftovers = list(self._current)
         if self._queue is not None:
             while not self._queue.empty():
-                leftovers.append(self._queue.get_nowait())
+                leftovers.append(self._queue.get_nowait()[2])
         for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(OverloadError("the model is shutting down"))

@@ -186,7 +186,9 @@ def _resolve_language(query: Mapping[str, str], served: Sequence[str]) -> str:
     primary = tag.split("-", 1)[0]
     if primary in served:
         return primary
-    raise ParamError(f"language {raw!r} is not served here", "language", list(served))
+    raise ParamError(
+        f"language {raw!r} is not served here; served: {', '.join(sorted(served))}", "language", list(served)
+    )
 
 
 def _is_deepgram_model(name: str) -> bool:
@@ -210,7 +212,11 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         if name in served_models:
             model = name
         elif not _is_deepgram_model(name):
-            raise ParamError(f"model {requested!r} is not served here", "model", list(served_models))
+            raise ParamError(
+                f"model {requested!r} is not served here; served: {', '.join(sorted(served_models))}",
+                "model",
+                list(served_models),
+            )
 
     encoding_raw = query.get("encoding")
     encoding: Encoding = "linear16"
@@ -282,7 +288,29 @@ class CloseStream:
     pass
 
 
-ControlMessage = KeepAlive | Finalize | CloseStream
+@dataclass(frozen=True)
+class Configure:
+    """Deepgram's mid-stream update (the SDK's `send_configure`): `None` fields keep their setting."""
+
+    keyterms: tuple[str, ...] | None = None
+    features: Mapping[str, bool] | None = None
+
+
+ControlMessage = KeepAlive | Finalize | CloseStream | Configure
+
+
+def _configure(data: Mapping[str, Any]) -> Configure:
+    keyterms = data.get("keyterms")
+    if keyterms is not None and (
+        not isinstance(keyterms, list) or not all(isinstance(k, str) for k in keyterms)
+    ):
+        raise ControlMessageError("Configure keyterms must be a list of strings")
+    features = data.get("features")
+    if features is not None and (
+        not isinstance(features, dict) or not all(isinstance(v, bool) for v in features.values())
+    ):
+        raise ControlMessageError("Configure features must map feature names to true or false")
+    return Configure(tuple(keyterms) if keyterms is not None else None, features)
 
 
 def decode_control(text: str) -> ControlMessage:
@@ -303,6 +331,8 @@ def decode_control(text: str) -> ControlMessage:
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool) or channel < 0):
             raise ControlMessageError("Finalize channel must be a channel index")
         return Finalize(channel)
+    if kind == "Configure":
+        return _configure(data)
     shown = kind if isinstance(kind, str) else json.dumps(kind)
     raise ControlMessageError(f"unknown control message type {shown[:40]!r}")
 
@@ -407,8 +437,24 @@ class MetadataMessage:
 @dataclass(frozen=True)
 class ErrorMessage:
     description: str
+    variant: str
+    """The error's category, which Deepgram's SDK requires (its `ListenV1Error`): our error code."""
     message: str = ""
     type: Literal["Error"] = "Error"
+
+
+@dataclass(frozen=True)
+class ConfigureSuccessMessage:
+    request_id: str
+    type: Literal["ConfigureSuccess"] = "ConfigureSuccess"
+
+
+@dataclass(frozen=True)
+class ConfigureFailureMessage:
+    request_id: str
+    code: str
+    description: str
+    type: Literal["ConfigureFailure"] = "ConfigureFailure"
 
 
 @dataclass(frozen=True)
@@ -498,7 +544,25 @@ def metadata_message(summary: StreamSummary) -> str:
 
 def error_message(description: str, code: str = "") -> str:
     """An `Error` message sent just before the server closes the stream with an error code."""
-    return _dumps(ErrorMessage(description, code))
+    return _dumps(ErrorMessage(description, code or "Error", code))
+
+
+def configure_reply(control: Configure, request_id: str) -> str:
+    """Deepgram's answer to `Configure`; the stream goes on either way.
+
+    Keyterms fail with `CONFIGURE_KEYTERMS_NOT_SUPPORTED`, what Deepgram answers for its models without
+    keyterm support (none of ours has it). Formatting `features` alone succeed without effect, as the
+    `punctuate` or `numerals` query parameters are accepted and ignored.
+    """
+    if control.keyterms is not None:
+        return _dumps(
+            ConfigureFailureMessage(
+                request_id,
+                "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                "keyterms are not supported by this server's models",
+            )
+        )
+    return _dumps(ConfigureSuccessMessage(request_id))
 
 
 def prerecorded_response(summary: StreamSummary, channels: Sequence[Sequence[Transcript]]) -> str:

@@ -94,7 +94,7 @@ class StreamRunner:
 
     async def _infer(self, request: WindowRequest) -> None:
         try:
-            logprobs = await self.batcher.infer(request.audio)
+            logprobs = await self.batcher.infer(request.audio, 1 if request.kind == "window" else 0)
         except StreamerError as exc:
             self.stream.fail_request(request)
             if self.error is None:

@@ -118,3 +118,24 @@ async def test_queue_is_bounded() -> None:
 def test_invalid_config() -> None:
     with pytest.raises(ConfigError):
         BatcherConfig(max_batch=0)
+
+
+async def test_finals_overtake_queued_partial_windows() -> None:
+    engine = ToneEngine(delay_s=0.03)
+    batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0))
+    batcher.start()
+    order: list[str] = []
+
+    async def run(name: str, priority: int) -> None:
+        await batcher.infer(_window(len(order) + 10), priority)
+        order.append(name)
+
+    first = asyncio.create_task(run("busy", 1))
+    await asyncio.sleep(0.01)  # the engine is now busy with the first window
+    tasks = [asyncio.create_task(run(f"partial{i}", 1)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(run("final", 0)))
+    await asyncio.gather(first, *tasks)
+    assert order[:2] == ["busy", "final"]
+    assert order[2:] == ["partial0", "partial1", "partial2"]
+    await batcher.stop()

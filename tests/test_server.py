@@ -99,9 +99,13 @@ async def serve(
         await runner.cleanup()
 
 
-async def send_audio(ws: ClientConnection, data: bytes, chunk: int = 3200) -> None:
+async def send_audio(ws: ClientConnection, data: bytes, chunk: int = 3200, pause: float = 0.0) -> None:
+    """Send `data` in chunks; `pause` seconds between chunks lets windows run while audio still arrives
+    (without it the whole stream is in before any window, and partials of finished audio are skipped)."""
     for i in range(0, len(data), chunk):
         await ws.send(data[i : i + chunk])
+        if pause:
+            await asyncio.sleep(pause)
 
 
 async def drain(ws: ClientConnection) -> list[Json]:
@@ -185,7 +189,7 @@ async def test_results_schema_order_and_finals_invariant() -> None:
     query = "interim_results=true&vad_events=true"
     async with serve() as server, asyncio.timeout(20), connect(server.ws_url(query)) as ws:
         # Odd chunk sizes: samples split across frames must not matter.
-        await send_audio(ws, pcm16(audio), chunk=2223)
+        await send_audio(ws, pcm16(audio), chunk=2223, pause=0.01)
         await ws.send(json.dumps({"type": "CloseStream"}))
         messages = await drain(ws)
         assert ws.close_code == 1000
@@ -550,7 +554,7 @@ async def test_health_ready_and_metrics() -> None:
         assert ready.status == 200
         assert (await ready.json())["max_streams"] == Limits().max_streams
         async with connect(server.ws_url("interim_results=true")) as ws:
-            await send_audio(ws, pcm16(utterances(["abc", "bad"], ["cafe"])))
+            await send_audio(ws, pcm16(utterances(["abc", "bad"], ["cafe"])), pause=0.01)
             await ws.send(json.dumps({"type": "CloseStream"}))
             await drain(ws)
         await handshake_error(server.ws_url("encoding=opus"))
