@@ -38,6 +38,7 @@ class StreamRunner:
         self._on_error = on_error
         self.stream_id = stream_id
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_request: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.error: Exception | None = None
@@ -83,7 +84,13 @@ class StreamRunner:
         for request in self.stream.take_requests():
             task = asyncio.get_running_loop().create_task(self._infer(request))
             self._tasks.add(task)
+            self._by_request[(request.channel, request.id)] = task
             task.add_done_callback(self._done)
+        # Superseded windows: cancelling their tasks makes the batcher skip them if not yet run.
+        for key in self.stream.take_cancelled():
+            stale = self._by_request.pop(key, None)
+            if stale is not None:
+                stale.cancel()
         for event in self.stream.take_events():
             self._on_event(event)
 
@@ -96,6 +103,7 @@ class StreamRunner:
         try:
             logprobs = await self.batcher.infer(request.audio, 1 if request.kind == "window" else 0)
         except StreamerError as exc:
+            self._by_request.pop((request.channel, request.id), None)
             self.stream.fail_request(request)
             if self.error is None:
                 self.error = exc
@@ -104,6 +112,7 @@ class StreamRunner:
                     self._on_error(exc)
             self._idle.set()
             return
+        self._by_request.pop((request.channel, request.id), None)
         if self.stream.closed and self.stream.done:
             return
         self.stream.receive_logprobs(request, logprobs)

@@ -156,6 +156,7 @@ class Session:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._requests: list[WindowRequest] = []
+        self._cancelled: list[int] = []
         self._events: list[Event] = []
         self._last_partial: tuple[str, float] | None = None
         self._last_word_end: float | None = None
@@ -206,6 +207,11 @@ class Session:
     def pending_requests(self) -> int:
         return len(self._pending)
 
+    def take_cancelled(self) -> list[int]:
+        """Ids of requests whose answers are no longer needed (their work may be skipped)."""
+        out, self._cancelled = self._cancelled, []
+        return out
+
     def take_requests(self) -> list[WindowRequest]:
         out, self._requests = self._requests, []
         return out
@@ -236,6 +242,7 @@ class Session:
 
     def cancel(self) -> None:
         """Client gone: drop everything in flight; no more events."""
+        self._cancelled.extend(self._pending)
         self._pending.clear()
         self._segments.clear()
         self._requests.clear()
@@ -335,8 +342,7 @@ class Session:
         seg.generation += 1
         if self.config.final_pass:
             seg.stitcher = Stitcher(self._plan, self.geometry, start_frame=seg.region)
-            seg.inflight.clear()
-            seg.landed.clear()
+            self._drop_partial_windows(seg)
         self._last_partial = None
 
     def _maybe_final(self, seg: _Segment) -> None:
@@ -349,6 +355,7 @@ class Session:
             total = self.engine.num_frames(seg.length)
             start = max(0, seg.region - self._context) * fs
             seg.final_issued = True
+            self._drop_partial_windows(seg)  # the final pass supersedes them
             window = Window(start, seg.length, seg.region, max(total, seg.region), True, fs)
             if total <= seg.region:
                 self._final(seg, window, np.zeros((0, len(self.engine.vocabulary)), dtype=np.float32))
@@ -361,6 +368,14 @@ class Session:
             frames = seg.stitcher.frames()[seg.region :]
             window = Window(0, seg.length, seg.region, seg.region + len(frames), True, fs)
             self._final(seg, window, frames, kept=True)
+
+    def _drop_partial_windows(self, seg: _Segment) -> None:
+        """Forget partial windows still in flight; `take_cancelled` tells the caller to skip them."""
+        for rid in seg.inflight:
+            self._pending.pop(rid, None)
+            self._cancelled.append(rid)
+        seg.inflight.clear()
+        seg.landed.clear()
 
     def _final(self, seg: _Segment, window: Window, logprobs: FloatArray, kept: bool = False) -> None:
         seg.final_frames = logprobs if kept else window.kept(logprobs)

@@ -76,6 +76,10 @@ class Stream:
     def take_requests(self) -> list[WindowRequest]:
         return [r for s in self.sessions for r in s.take_requests()]
 
+    def take_cancelled(self) -> list[tuple[int, int]]:
+        """(channel, request id) of requests whose answers are no longer needed."""
+        return [(s.channel, rid) for s in self.sessions for rid in s.take_cancelled()]
+
     def receive_logprobs(self, request: WindowRequest, logprobs: FloatArray) -> None:
         self.sessions[request.channel].receive_logprobs(request.id, logprobs)
 

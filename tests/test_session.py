@@ -207,3 +207,21 @@ def test_cancel_drops_everything() -> None:
     assert session.take_requests()
     session.cancel()
     assert session.done and session.pending_requests == 0
+
+
+def test_partial_windows_superseded_by_the_final_pass_are_cancelled() -> None:
+    session = _session()
+    audio = speech([WORDS[:4]])
+    # The whole utterance arrives before any window has run (a client sending faster than real time).
+    session.receive_audio(audio[: len(audio) // 2])
+    session.receive_audio(audio[len(audio) // 2 :])
+    requests = session.take_requests()
+    windows = [r for r in requests if r.kind == "window"]
+    finals_ = [r for r in requests if r.kind == "final"]
+    assert windows and len(finals_) == 1
+    assert sorted(session.take_cancelled()) == sorted(r.id for r in windows)
+    for r in requests:  # answers to cancelled requests are ignored
+        session.receive_logprobs(r.id, ENGINE.forward([r.audio])[0])
+    events = session.take_events()
+    assert final_words(events) == WORDS[:4]
+    assert not [e for e in events if isinstance(e, Transcript) and not e.is_final]

@@ -19,7 +19,8 @@ BUILTIN_EN = "builtin:en"
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run a transformers model: device auto|cpu|cuda[:N], dtype auto|float32|bfloat16|float16."""
+    """How to run a model: device auto|cpu|cuda[:N], dtype auto|float32|bfloat16|float16 (transformers);
+    `threads`: torch threads for transformers models, parallel replicas for the built-in model."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -34,7 +35,8 @@ def load_engine(spec: str, options: EngineOptions | None = None, name: str | Non
     if spec in (BUILTIN_EN, "hama"):
         from streamer.engine.hama_engine import HamaEngine
 
-        return HamaEngine(name or "hama-en")
+        # `threads` is the number of model replicas run in parallel (default: the cores, at most 4).
+        return HamaEngine(name or "hama-en", replicas=options.threads)
     if spec in ("fake:tone", "fake"):
         from streamer.engine.fake import ToneEngine
 
