@@ -2,9 +2,11 @@
 
 In: `parse_listen_params(query, served_models)` turns `/v1/listen` query parameters into `ListenParams`
 (raising `ParamError` naming the parameter); `decode_control(text)` turns a text frame into `KeepAlive`,
-`Finalize` or `CloseStream` (raising `ControlMessageError`).
+`Finalize`, `CloseStream` or `Configure` (raising `ControlMessageError`).
 Out: `results_message`, `speech_started_message`, `utterance_end_message`, `metadata_message`,
-`error_message`, `prerecorded_response` and `http_error` return JSON text built from typed dataclasses.
+`error_message`, `configure_reply`, `prerecorded_response` and `http_error` return JSON text built from
+typed dataclasses, whose field names and types match the models of Deepgram's Python SDK (checked by
+tests/test_deepgram_sdk.py).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from streamer.errors import (
 from streamer.metrics import Metrics
 from streamer.protocol import (
     CloseStream,
+    Configure,
     ControlMessageError,
     Finalize,
     ListenParams,
@@ -55,6 +56,7 @@ from streamer.protocol import (
     ModelInfo,
     ParamError,
     StreamSummary,
+    configure_reply,
     decode_control,
     error_message,
     http_error,
@@ -541,6 +543,8 @@ class _LiveStream:
                     return _End("close_stream")
                 if isinstance(control, Finalize):
                     self.runner.finalize()
+                if isinstance(control, Configure):
+                    self._send(configure_reply(control, self.id))
                 # KeepAlive: receiving it already reset the idle timer.
             elif msg.type is WSMsgType.ERROR:
                 # aiohttp has already closed with the matching code (1009 for an oversized frame).

@@ -48,6 +48,8 @@ class VadConfig:
     endpoint_ms: int | None = 400
     """Silence that ends a segment; None disables (segments end only on flush or length)."""
     tail_ms: int = 200
+    early_final_ms: int = 100
+    """`SegmentMayEnd` this long before the endpoint is due (never before the tail is complete)."""
     max_segment_s: float = 15.0
     split_after_s: float = 7.0
     """After this long, a pause of `split_frames` unvoiced frames (shorter than endpointing) splits."""
@@ -58,7 +60,7 @@ class VadConfig:
             raise ConfigError(f"VAD aggressiveness must be 0-3, got {self.aggressiveness}")
         if self.frame_ms not in (10, 20, 30):
             raise ConfigError(f"VAD frame size must be 10, 20 or 30 ms, got {self.frame_ms}")
-        if self.preroll_ms < 0 or self.tail_ms < 0:
+        if self.preroll_ms < 0 or self.tail_ms < 0 or self.early_final_ms < 0:
             raise ConfigError("VAD pre-roll and tail must be >= 0 ms")
         if self.endpoint_ms is not None and self.endpoint_ms < self.frame_ms:
             raise ConfigError(f"endpointing must be at least one VAD frame ({self.frame_ms} ms)")
@@ -116,7 +118,15 @@ class SegmentEnd:
     reason: EndReason
 
 
-SegmentEvent = SegmentStart | SegmentAudio | SegmentEnd
+@dataclass(frozen=True)
+class SegmentMayEnd:
+    """The current pause will end the segment if it lasts until the endpoint: `tail` is the audio the
+    segment would then close with. Lets a session start the final pass before the endpoint is certain."""
+
+    tail: FloatArray
+
+
+SegmentEvent = SegmentStart | SegmentAudio | SegmentEnd | SegmentMayEnd
 
 
 class Segmenter:
@@ -140,6 +150,11 @@ class Segmenter:
             None if config.endpoint_ms is None else -(-config.endpoint_ms // config.frame_ms)
         )
         self._tail_frames = config.tail_ms // config.frame_ms
+        self._may_end_frames = (
+            None
+            if self._endpoint_frames is None
+            else max(self._tail_frames, self._endpoint_frames - config.early_final_ms // config.frame_ms, 1)
+        )
 
     @property
     def in_speech(self) -> bool:
@@ -199,6 +214,11 @@ class Segmenter:
             if not self._silence:
                 self._silence_start = start
             self._silence.append(frame)
+            if len(self._silence) == self._may_end_frames and self._may_end_frames < (
+                self._endpoint_frames or 0
+            ):
+                tail = self._silence[: self._tail_frames]
+                events.append(SegmentMayEnd(np.concatenate(tail) if tail else np.zeros(0, np.float32)))
             if self._endpoint_frames is not None and len(self._silence) >= self._endpoint_frames:
                 self._end_segment(events, "silence")
                 return

@@ -11,6 +11,7 @@ from streamer.audio import AudioFormat
 from streamer.protocol import (
     IGNORED_PARAMS,
     CloseStream,
+    Configure,
     ControlMessageError,
     Finalize,
     KeepAlive,
@@ -19,6 +20,7 @@ from streamer.protocol import (
     ModelInfo,
     ParamError,
     StreamSummary,
+    configure_reply,
     decode_control,
     error_message,
     http_error,
@@ -170,11 +172,32 @@ def test_control_messages() -> None:
     assert decode_control('{"type":"CloseStream"}') == CloseStream()
     assert decode_control('{"type":"Finalize"}') == Finalize()
     assert decode_control('{"type":"Finalize","channel":1}') == Finalize(1)
+    keyterms = decode_control('{"type":"Configure","keyterms":["cafe"]}')
+    assert keyterms == Configure(keyterms=("cafe",))
+    features = decode_control('{"type":"Configure","features":{"numerals":true}}')
+    assert features == Configure(features={"numerals": True})
+    assert json.loads(configure_reply(keyterms, "r1")) == {
+        "type": "ConfigureFailure",
+        "request_id": "r1",
+        "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+        "description": "keyterms are not supported by this server's models",
+    }
+    assert json.loads(configure_reply(features, "r1")) == {"type": "ConfigureSuccess", "request_id": "r1"}
 
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "", "[1,2]", '"KeepAlive"', '{"type":"Bogus"}', "{}", '{"type":"Finalize","channel":"x"}'],
+    [
+        "not json",
+        "",
+        "[1,2]",
+        '"KeepAlive"',
+        '{"type":"Bogus"}',
+        "{}",
+        '{"type":"Finalize","channel":"x"}',
+        '{"type":"Configure","keyterms":"cafe"}',
+        '{"type":"Configure","features":{"numerals":1}}',
+    ],
 )
 def test_bad_control_messages(text: str) -> None:
     with pytest.raises(ControlMessageError) as info:
@@ -282,6 +305,7 @@ def test_error_bodies() -> None:
     assert json.loads(error_message("boom", "ENGINE_FAILURE")) == {
         "type": "Error",
         "description": "boom",
+        "variant": "ENGINE_FAILURE",
         "message": "ENGINE_FAILURE",
     }
     body = json.loads(http_error("INVALID_QUERY_PARAMETER", "bad", "r1", param="encoding", allowed=["a"]))

@@ -225,3 +225,42 @@ def test_partial_windows_superseded_by_the_final_pass_are_cancelled() -> None:
     events = session.take_events()
     assert final_words(events) == WORDS[:4]
     assert not [e for e in events if isinstance(e, Transcript) and not e.is_final]
+
+
+def test_final_pass_starts_before_the_endpoint_and_waits_for_it() -> None:
+    session = _session(interim_results=False)
+    phrase = speech([WORDS[:3]], pause_s=0.5)
+    vad = VadConfig()
+    assert vad.endpoint_ms is not None
+    early_ms = vad.endpoint_ms - vad.early_final_ms + 2 * vad.frame_ms  # past the early trigger
+    lead = np.zeros(early_ms * 16, np.float32)
+    speech_part = phrase[: len(phrase) - int(0.5 * 16000)]
+    session.receive_audio(speech_part)
+    assert not session.take_requests()
+    session.receive_audio(lead)  # the pause passes the early trigger, not yet the endpoint
+    (early,) = session.take_requests()
+    assert early.kind == "final"
+    session.receive_logprobs(early.id, ENGINE.forward([early.audio])[0])
+    assert not finals(session.take_events())  # not before the endpoint is certain
+    session.receive_audio(np.zeros(int(0.2 * 16000), np.float32))  # the endpoint passes
+    assert not session.take_requests()  # no second pass: the early one covered exactly this audio
+    (f,) = finals(session.take_events())
+    assert f.speech_final and [w.word for w in f.words] == WORDS[:3]
+    assert session.samples_to_model == session.speech_samples
+
+
+def test_an_early_final_is_discarded_when_speech_resumes() -> None:
+    session = _session(interim_results=False)
+    pause = np.zeros(int(0.35 * 16000), np.float32)  # longer than the early trigger, shorter than endpointing
+    audio = np.concatenate(
+        [speech([WORDS[:2]], pause_s=0.5)[:-8000], pause, speech([WORDS[2:4]], pause_s=0.6)[9600:]]
+    )
+    session.receive_audio(audio[: len(audio) // 2])
+    early = session.take_requests()
+    assert [r.kind for r in early] == ["final"]
+    session.receive_logprobs(early[0].id, ENGINE.forward([early[0].audio])[0])
+    events = run_session(session, ENGINE, audio[len(audio) // 2 :])
+    (f,) = finals(session.take_events() + events)  # one utterance: the pause did not end it
+    plain = run_session(_session(interim_results=False, early_final=False), ENGINE, audio)
+    assert [f.words] == [p.words for p in finals(plain)]
+    assert session.samples_to_model > session.speech_samples  # the discarded pass cost something
