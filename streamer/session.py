@@ -103,7 +103,6 @@ class _Pending:
     segment: _Segment
     kind: RequestKind
     window: Window
-    generation: int
 
 
 class _Segment:
@@ -118,7 +117,6 @@ class _Segment:
         self.region = 0  # first frame not yet final
         self.carry: int | None = None  # token at frame region-1, for CTC collapse across the cut
         self.stitcher = Stitcher(plan, geometry)
-        self.generation = 0  # bumps when the region moves, to drop stale partial windows
         self.inflight: dict[int, Window] = {}  # planned window id -> window, in plan order
         self.landed: dict[int, FloatArray] = {}
         self.commit_inflight = False
@@ -295,11 +293,17 @@ class Session:
                 self._plan_windows(seg)
             self._maybe_final(seg)
 
-    def _request(self, seg: _Segment, kind: RequestKind, window: Window) -> int:
+    def _request(
+        self, seg: _Segment, kind: RequestKind, window: Window, tail: FloatArray | None = None
+    ) -> int:
+        """Queue a pass over the window's samples of the segment (followed by `tail`, audio the segment
+        does not hold yet)."""
         rid = next(self._ids)
-        audio = seg.audio(window.start, window.end)
+        audio = seg.audio(window.start, window.end if tail is None else seg.length)
+        if tail is not None:
+            audio = np.concatenate((audio, tail))
         self.samples_to_model += len(audio)
-        self._pending[rid] = _Pending(seg, kind, window, seg.generation)
+        self._pending[rid] = _Pending(seg, kind, window)
         self._requests.append(WindowRequest(rid, audio, kind, self.channel))
         return rid
 
@@ -359,7 +363,6 @@ class Session:
         )
         self._emit_final(seg, frames[:cut], seg.region, speech_final=False, from_finalize=False)
         seg.region += cut
-        seg.generation += 1
         if self.config.final_pass:
             seg.stitcher = Stitcher(self._plan, self.geometry, start_frame=seg.region)
             self._drop_partial_windows(seg)
@@ -380,12 +383,7 @@ class Session:
             return
         start = max(0, seg.region - self._context) * fs
         window = Window(start, length, seg.region, total, True, fs)
-        rid = next(self._ids)
-        audio = np.concatenate((seg.audio(start, seg.length), tail))
-        self.samples_to_model += len(audio)
-        self._pending[rid] = _Pending(seg, "final", window, seg.generation)
-        self._requests.append(WindowRequest(rid, audio, "final", self.channel))
-        seg.early = (rid, length)
+        seg.early = (self._request(seg, "final", window, tail=tail), length)
 
     def _forget_early(self, seg: _Segment) -> None:
         if seg.early is not None:
