@@ -260,3 +260,16 @@ def test_float16_on_cuda(folders: dict, engines: dict) -> None:
             assert float(np.mean(a.argmax(-1) == b.argmax(-1))) >= 0.8
     finally:
         engine.close()
+
+
+def test_padded_batches_group_similar_lengths(folders: dict, engines: dict) -> None:
+    engine = get(engines, folders, "wav2vec2")
+    assert engine.pads_batches
+    lengths = [16000, 15000, 4000, 3900, 20000]
+    arrays = [noise(n, seed=n) for n in lengths]
+    groups = engine._plan(list(range(len(arrays))), arrays)
+    # Never pad a window by more than a quarter: a short partial window never rides with a long pass.
+    assert [[lengths[i] for i in g] for g in groups] == [[20000, 16000], [15000], [4000, 3900]]
+    together = engine.forward(arrays)
+    for w, out in zip(arrays, together, strict=True):
+        np.testing.assert_allclose(out, engine.forward([w])[0], atol=1e-4)

@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         f"partials: max_gap={max(gaps, default=0.0):.2f}s (stream seconds between updates during speech); "
         f"elapsed={time.perf_counter() - started:.1f}s"
     )
+    spelled = getattr(engine, "spell_calls", None)
+    if spelled is not None:
+        # Words the phoneme-to-text model actually converted (cache misses), against the words in the
+        # transcripts: what spelling per word with a cache costs.
+        words = sum(len(r.offline.split()) + len(r.streaming.split()) for r in rows)
+        print(f"spelling: p2g_conversions={spelled} transcript_words={words} (offline + streaming)")
     refs = [r.reference for r in rows]
     print(
         f"accuracy: clips={len(rows)} offline_wer={wer(refs, [r.offline for r in rows]):.4f} "
