@@ -13,14 +13,18 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from streamer.engine.base import Engine, FloatArray
 from streamer.errors import ConfigError, EngineError, OverloadError
+from streamer.load import LoadTracker
 
 log = logging.getLogger(__name__)
+
+BATCH_HISTORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class BatchStats:
     """Wall time inside engine.forward."""
     cpu_s: float = 0.0
     """CPU time of the inference thread inside engine.forward."""
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BATCH_HISTORY))
+    """Sizes of the most recent batches (bounded: a server runs for months)."""
 
 
 class Batcher:
@@ -73,11 +78,14 @@ class Batcher:
         engine: Engine,
         config: BatcherConfig | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        load: LoadTracker | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or BatcherConfig()
         self.max_batch = max(1, min(self.config.max_batch, engine.max_batch))
         self.stats = BatchStats()
+        self.load = load or LoadTracker()
+        """Recent busy fraction and queue wait of the inference thread (admission control reads it)."""
         self._on_batch = on_batch
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Item]] | None = None
         self._seq = itertools.count()
@@ -131,7 +139,12 @@ class Batcher:
             self.stats.skipped += len(batch) - len(live)
             if live:
                 self._current = live
-                await self._run_batch(live)
+                started = time.perf_counter()
+                self.load.begin(started - min(item.enqueued for item in live), started)
+                try:
+                    await self._run_batch(live)
+                finally:
+                    self.load.end()
                 self._current = []
 
     async def _run_batch(self, batch: list[_Item]) -> None:

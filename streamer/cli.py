@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from streamer.batcher import BatcherConfig
-from streamer.config import DEFAULT_MODELS, VAD_CHOICES, Limits, ModelSpec, ServerConfig, VadChoice
+from streamer.config import (
+    DEFAULT_MODELS,
+    VAD_CHOICES,
+    Limits,
+    ModelSpec,
+    ServerConfig,
+    VadChoice,
+    normalise_origin,
+)
 from streamer.engine import EngineOptions
 from streamer.errors import ConfigError, ModelLoadError, StreamerError
 from streamer.session import StreamingConfig
@@ -60,7 +68,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "--api-keys-file",
         "STREAMER_API_KEYS_FILE",
         None,
-        "file with one API key per line (# comments)",
+        "file with one API key per line (# comments), optionally followed by max_streams=N to cap that "
+        "key's concurrent streams (429 beyond)",
         "FILE",
     ),
     _Option("--max-streams", "STREAMER_MAX_STREAMS", str(_DEFAULT_LIMITS.max_streams), "concurrent streams"),
@@ -94,6 +103,46 @@ _OPTIONS: tuple[_Option, ...] = (
         str(_DEFAULT_LIMITS.max_inflight_windows),
         "windows in flight per stream before the server stops reading its socket",
     ),
+    _Option(
+        "--max-busy",
+        "STREAMER_MAX_BUSY",
+        f"{_DEFAULT_LIMITS.max_busy_fraction:g}",
+        "refuse new streams (503, /readyz not ready) while a model's inference thread was busy more than "
+        "this fraction of the last --load-window seconds; 1 refuses only when it was busy all the time",
+        "FRACTION",
+    ),
+    _Option(
+        "--max-queue-wait",
+        "STREAMER_MAX_QUEUE_WAIT",
+        f"{_DEFAULT_LIMITS.max_queue_wait_s:g}",
+        "refuse new streams (503) while a model's windows waited longer than this many seconds on average "
+        "in its batch queue over the last --load-window seconds",
+        "SECONDS",
+    ),
+    _Option(
+        "--load-window",
+        "STREAMER_LOAD_WINDOW",
+        f"{_DEFAULT_LIMITS.load_window_s:g}",
+        "seconds over which engine load is measured for --max-busy and --max-queue-wait",
+        "SECONDS",
+    ),
+    _Option(
+        "--max-stream-duration",
+        "STREAMER_MAX_STREAM_DURATION",
+        f"{_DEFAULT_LIMITS.max_stream_duration_s:g}",
+        "seconds a live stream may stay open; then its finals and Metadata are sent and it closes (1008)",
+        "SECONDS",
+    ),
+    _Option(
+        "--max-outbox",
+        "STREAMER_MAX_OUTBOX",
+        str(_DEFAULT_LIMITS.max_outbox),
+        "results queued per stream for a client that reads slowly; beyond, the oldest interim results are "
+        "dropped (finals never)",
+        "MESSAGES",
+    ),
+    _Option("--tls-cert", "STREAMER_TLS_CERT", None, "PEM certificate (chain) for HTTPS/wss://", "FILE"),
+    _Option("--tls-key", "STREAMER_TLS_KEY", None, "PEM private key of --tls-cert", "FILE"),
     _Option(
         "--window-left", "STREAMER_WINDOW_LEFT", f"{_DEFAULT_PLAN.left_s:g}", "partial window left context, s"
     ),
@@ -177,6 +226,14 @@ def _parser() -> _Parser:
         help="accept this API key (Authorization: Token KEY); repeatable; with no key at all the server is "
         "open (env STREAMER_API_KEYS, comma-separated; default none)",
     )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin (https://app.example.com) allowed to open streams; repeatable; a request "
+        "whose Origin header is not listed gets 403, one without an Origin header (non-browser clients) is "
+        "always allowed (env STREAMER_ALLOWED_ORIGINS, comma-separated; default any origin)",
+    )
     for opt in _OPTIONS:
         default = "none" if opt.default is None else opt.default
         parser.add_argument(
@@ -246,12 +303,32 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _read_keys(path: str, source: str) -> list[str]:
+def _read_keys(path: str, source: str) -> list[tuple[str, int | None]]:
+    """`(key, max_streams or None)` per line of an API keys file: `KEY` or `KEY max_streams=N`.
+
+    Errors name the file and line, never the key (start-up errors end up in logs).
+    """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    entries: list[tuple[str, int | None]] = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{source}: {path} line {number}"
+        limit: int | None = None
+        for option in fields[1:]:
+            if option.startswith("#"):
+                break  # a comment after the key
+            name, sep, value = option.partition("=")
+            _check(sep == "=" and name == "max_streams", where, "expected KEY [max_streams=N]")
+            limit = _int(where, value)
+            _check(limit >= 1, where, f"max_streams must be >= 1, got {limit}")
+        _check("," not in fields[0], where, "API keys must not contain commas")
+        entries.append((fields[0], limit))
+    return entries
 
 
 def _check(condition: bool, source: str, message: str) -> None:
@@ -276,9 +353,16 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         models = DEFAULT_MODELS
 
     keys: list[str] = list(args.api_key or _split(env.get("STREAMER_API_KEYS", "")))
+    key_limits: dict[str, int] = {}
     source, keys_file = values.get("api_keys_file")
     if keys_file:
-        keys.extend(_read_keys(keys_file, source))
+        for key, limit in _read_keys(keys_file, source):
+            keys.append(key)
+            if limit is not None:
+                key_limits[key] = limit
+    origins = args.allowed_origin or _split(env.get("STREAMER_ALLOWED_ORIGINS", ""))
+    _, tls_cert = values.get("tls_cert")
+    _, tls_key = values.get("tls_key")
 
     port_source, _ = values.get("port")
     port = values.convert("port", _int)
@@ -291,6 +375,11 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         max_body_bytes=values.convert("max_body_bytes", _int),
         shutdown_grace_s=values.convert("shutdown_grace", _float),
         max_inflight_windows=values.convert("max_inflight", _int),
+        max_busy_fraction=values.convert("max_busy", _float),
+        max_queue_wait_s=values.convert("max_queue_wait", _float),
+        load_window_s=values.convert("load_window", _float),
+        max_stream_duration_s=values.convert("max_stream_duration", _float),
+        max_outbox=values.convert("max_outbox", _int),
     )
 
     endpoint_source, endpoint_text = values.get("endpointing_ms")
@@ -346,6 +435,10 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         port=port,
         models=models,
         api_keys=frozenset(keys),
+        api_key_limits=tuple(sorted(key_limits.items())),
+        allowed_origins=frozenset(normalise_origin(o) for o in origins),
+        tls_cert=tls_cert or None,
+        tls_key=tls_key or None,
         limits=limits,
         streaming=streaming,
         batcher=batcher,

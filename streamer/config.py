@@ -19,6 +19,12 @@ VadChoice = Literal["auto", "webrtc", "energy"]
 VAD_CHOICES: tuple[VadChoice, ...] = ("auto", "webrtc", "energy")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s]+$")
+
+
+def normalise_origin(origin: str) -> str:
+    """An Origin as browsers send it (`https://app.example.com:8443`): lower case, no trailing slash."""
+    return origin.strip().rstrip("/").lower()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,15 @@ class Limits:
     - 100 MB pre-recorded bodies: about 50 minutes of 16 kHz 16-bit mono.
     - 8 windows in flight per stream before the receive loop waits: two partial windows plus finals on
       several channels, without one stream filling the batcher queue.
+    - Admission by measured load: new streams get 503 while the model's inference thread was busy 90% of
+      the last 10 s, or its windows waited 1 s on average in the queue. Below 90% busy an engine still
+      keeps up with real time for the streams it has; above it, one more stream makes all of them late.
+      A 10 s window smooths the bursts of final passes at utterance ends.
+    - 4 h per stream: longer than any call or meeting we expect, short enough that a forgotten client
+      (KeepAlive forever) cannot hold a slot for days.
+    - 64 results queued for a client that reads slowly (tens of seconds of interims, about 100 KB): beyond,
+      the oldest interim results are dropped; finals never are, but when they alone fill it the server
+      stops reading that client's audio.
     """
 
     max_streams: int = 64
@@ -76,6 +91,11 @@ class Limits:
     max_body_bytes: int = 100 * 1000 * 1000
     shutdown_grace_s: float = 10.0
     max_inflight_windows: int = 8
+    max_busy_fraction: float = 0.9
+    max_queue_wait_s: float = 1.0
+    load_window_s: float = 10.0
+    max_stream_duration_s: float = 4 * 3600.0
+    max_outbox: int = 64
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -90,6 +110,16 @@ class Limits:
             raise ConfigError(f"shutdown grace must be >= 0 s, got {self.shutdown_grace_s}")
         if self.max_inflight_windows < 1:
             raise ConfigError(f"max in-flight windows must be >= 1, got {self.max_inflight_windows}")
+        if not 0 < self.max_busy_fraction <= 1:
+            raise ConfigError(f"max busy fraction must be > 0 and <= 1, got {self.max_busy_fraction}")
+        if not self.max_queue_wait_s > 0:
+            raise ConfigError(f"max queue wait must be > 0 s, got {self.max_queue_wait_s}")
+        if not self.load_window_s >= 0.1:
+            raise ConfigError(f"load window must be >= 0.1 s, got {self.load_window_s}")
+        if not self.max_stream_duration_s > 0:
+            raise ConfigError(f"max stream duration must be > 0 s, got {self.max_stream_duration_s}")
+        if self.max_outbox < 1:
+            raise ConfigError(f"max outbox must be >= 1 message, got {self.max_outbox}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,14 @@ class ServerConfig:
     port: int = 8000
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)  # never in logs or reprs
+    api_key_limits: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    """(key, max concurrent streams) for keys with their own limit; the others share `limits.max_streams`."""
+    allowed_origins: frozenset[str] = frozenset()
+    """Browser origins allowed on /v1/listen (normalised, see `normalise_origin`); empty = any. Requests
+    without an Origin header (non-browser clients) are always allowed."""
+    tls_cert: str | None = None
+    """PEM certificate chain file; with `tls_key`, the server speaks HTTPS and wss://."""
+    tls_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
@@ -121,12 +159,37 @@ class ServerConfig:
         for key in self.api_keys:
             if not key or any(c.isspace() for c in key) or "," in key:
                 raise ConfigError("API keys must be non-empty, without whitespace or commas")
+        for key, limit in self.api_key_limits:
+            # Never name the key in the message: it may end up in a log.
+            if key not in self.api_keys:
+                raise ConfigError("a per-key stream limit names a key that is not configured")
+            if limit < 1:
+                raise ConfigError(f"per-key max_streams must be >= 1, got {limit}")
+        for origin in self.allowed_origins:
+            if origin != normalise_origin(origin) or not _ORIGIN.match(origin):
+                raise ConfigError(
+                    f"allowed origin {origin!r}: expected scheme://host[:port] in lower case, "
+                    "for example https://app.example.com"
+                )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.vad not in VAD_CHOICES:
             raise ConfigError(f"vad must be one of {', '.join(VAD_CHOICES)}, got {self.vad!r}")
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    def key_stream_limit(self, key: str) -> int | None:
+        """The concurrent-stream limit of one API key, or None when it has none of its own."""
+        for known, limit in self.api_key_limits:
+            if known == key:
+                return limit
+        return None
 
     def uses_energy_vad(self, model: ModelSpec) -> bool:
         """Whether streams of `model` use the energy detector instead of webrtcvad."""

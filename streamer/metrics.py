@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +17,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from streamer.batcher import BatchStats
 
 # Latency of results: a partial arrives within a hop plus a batch; a final waits for a full pass.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
@@ -27,6 +35,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._engine_time: _EngineTime | None = None
         self.active_streams = Gauge(
             "streamer_active_streams", "Streams being transcribed now.", ["kind"], registry=r
         )
@@ -71,6 +80,47 @@ class Metrics:
         self.closed = Counter(
             "streamer_streams_closed", "Live streams ended, by reason.", ["reason"], registry=r
         )
+        self.interims_dropped = Counter(
+            "streamer_interims_dropped",
+            "Interim results dropped because their client read too slowly (finals never are).",
+            ["model"],
+            registry=r,
+        )
+        # Set when /metrics is read (ServerState.refresh_gauges): load, leaks and queues at a glance.
+        self.live_sessions = Gauge(
+            "streamer_live_sessions",
+            "Live streams holding server resources, from handshake until everything is released.",
+            registry=r,
+        )
+        self.tasks = Gauge("streamer_asyncio_tasks", "Tasks alive on the server's event loop.", registry=r)
+        self.engine_busy = Gauge(
+            "streamer_engine_busy_ratio",
+            "Share of the load window (--load-window) the model's inference thread was busy.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Gauge(
+            "streamer_engine_queue_wait_seconds",
+            "Mean time the batches of the load window waited in the model's queue.",
+            ["model"],
+            registry=r,
+        )
+        self.queued_windows = Gauge(
+            "streamer_queued_windows", "Windows waiting in the model's batch queue.", ["model"], registry=r
+        )
+        self.failed_batches = Gauge(
+            "streamer_engine_failed_batches",
+            "Engine calls that raised since start (a failed batch of several windows is retried one by one).",
+            ["model"],
+            registry=r,
+        )
+
+    def track_batcher(self, model: str, stats: BatchStats) -> None:
+        """Export `stats` (read at every scrape) as the model's engine-time counters; see `_EngineTime`."""
+        if self._engine_time is None:
+            self._engine_time = _EngineTime()
+            self.registry.register(self._engine_time)
+        self._engine_time.stats[model] = stats
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)
@@ -79,3 +129,35 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """(body, content type) for the /metrics response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _EngineTime(Collector):
+    """Counters read from each model's `BatchStats` when /metrics is scraped (the benchmarks diff them):
+
+    - `streamer_inference_cpu_seconds_total`: CPU time of the inference thread inside `engine.forward`.
+      Engines that fan a batch out to other threads (the built-in model's replicas, torch's intra-op
+      pool) spend part of their CPU outside that thread, so this undercounts them; the load benchmark
+      also reads per-thread CPU from /proc for that reason.
+    - `streamer_inference_busy_seconds_total`: wall time inside `engine.forward`.
+    - `streamer_model_audio_seconds_total`: seconds of audio sent through the model (windows overlap, so
+      this over `streamer_audio_seconds_total` is the compute ratio).
+    - `streamer_skipped_windows_total`: windows dropped before inference (superseded or cancelled).
+    """
+
+    def __init__(self) -> None:
+        self.stats: dict[str, BatchStats] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        families = (
+            ("streamer_inference_cpu_seconds", "CPU seconds of the inference thread inside engine.forward."),
+            ("streamer_inference_busy_seconds", "Wall seconds inside engine.forward."),
+            ("streamer_model_audio_seconds", "Seconds of audio the model ran over (windows overlap)."),
+            ("streamer_skipped_windows", "Windows skipped before inference (superseded or cancelled)."),
+        )
+        out = [CounterMetricFamily(name, text, labels=["model"]) for name, text in families]
+        for model, s in self.stats.items():
+            out[0].add_metric([model], s.cpu_s)
+            out[1].add_metric([model], s.busy_s)
+            out[2].add_metric([model], s.audio_samples / 16000)
+            out[3].add_metric([model], float(s.skipped))
+        yield from out

@@ -7,6 +7,10 @@ Each live stream is one `_LiveStream`: a receive loop (audio in order, control m
 backpressure) and a sender, in one task group; results flow from the sans-I/O `Stream` through a
 `StreamRunner` and the model's `Batcher`. This is the only module that maps `streamer.errors` to HTTP
 statuses and WebSocket close codes.
+
+Admission (`ServerState.reserve`): origin, API key, per-key and global stream limits, then the model's
+measured load (`streamer.load.LoadTracker`, fed by its batcher) decide at the handshake; `app[STATE].live`
+holds the live streams (tests and /metrics count them). `ssl_context(config)` builds the TLS context.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import hmac
 import io
 import logging
 import signal
+import socket
+import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,7 +41,7 @@ from aiohttp import WSMsgType, web
 from streamer import SAMPLE_RATE, __version__
 from streamer.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormat
 from streamer.batcher import Batcher
-from streamer.config import ModelSpec, ServerConfig
+from streamer.config import ModelSpec, ServerConfig, normalise_origin
 from streamer.ctc import FloatArray
 from streamer.engine import Engine, load_engine
 from streamer.errors import (
@@ -45,6 +52,7 @@ from streamer.errors import (
     RequestError,
     StreamerError,
 )
+from streamer.load import LoadTracker
 from streamer.metrics import Metrics
 from streamer.protocol import (
     CloseStream,
@@ -77,8 +85,13 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 """How long a server-side close waits for the client's close frame."""
-MAX_OUTBOX = 64
-"""Messages queued for a slow client before the receive loop stops reading its audio."""
+SHUTDOWN_READ_S = 0.5
+"""On shutdown, how long a stream may still read audio that was already on its way (see _read_buffered)."""
+SHUTDOWN_QUIET_S = 0.02
+SEND_BUFFER_BYTES = 16 * 1024
+"""Send buffers of a live stream's socket, in the kernel and in the transport (see _limit_buffers)."""
+RECEIVE_BUFFER_BYTES = 256 * 1024
+"""Kernel receive buffer of a live stream's socket (see _limit_buffers)."""
 RETRY_AFTER_S = 1
 MODEL_NAMESPACE = uuid.UUID("6f1d2a58-43a4-4d0e-9a57-8f9c3e0b7a11")
 
@@ -102,6 +115,18 @@ class ShuttingDown(OverloadError):
     """The server no longer accepts streams."""
 
 
+class ForbiddenOrigin(RequestError):
+    """A browser page from an origin that is not allowed (`--allowed-origin`)."""
+
+
+class KeyLimitReached(OverloadError):
+    """The API key already has as many streams as its `max_streams` allows."""
+
+
+class EngineSaturated(OverloadError):
+    """The model's engine has no headroom left: more streams would make every stream fall behind."""
+
+
 @dataclass(frozen=True)
 class _HttpMapping:
     status: int
@@ -113,6 +138,8 @@ class _HttpMapping:
 def _http_mapping(exc: StreamerError) -> _HttpMapping:
     if isinstance(exc, AuthError):
         return _HttpMapping(401, "INVALID_AUTH", "auth")
+    if isinstance(exc, ForbiddenOrigin):
+        return _HttpMapping(403, "FORBIDDEN_ORIGIN", "origin")
     if isinstance(exc, PayloadTooLarge):
         return _HttpMapping(413, "PAYLOAD_TOO_LARGE", "too_large")
     if isinstance(exc, NotWebSocket):
@@ -125,6 +152,11 @@ def _http_mapping(exc: StreamerError) -> _HttpMapping:
         return _HttpMapping(400, "BAD_REQUEST", "bad_request")
     if isinstance(exc, ShuttingDown):
         return _HttpMapping(503, "SHUTTING_DOWN", "shutting_down")
+    if isinstance(exc, KeyLimitReached):
+        # Deepgram's status and code for a key over its concurrency limit.
+        return _HttpMapping(429, "TOO_MANY_REQUESTS", "key_limit")
+    if isinstance(exc, EngineSaturated):
+        return _HttpMapping(503, "OVERLOADED", "saturated")
     if isinstance(exc, OverloadError):
         return _HttpMapping(503, "TOO_MANY_STREAMS", "overload")
     if isinstance(exc, EngineError):
@@ -138,7 +170,7 @@ def _error_response(state: ServerState, exc: StreamerError, request_id: str) -> 
     param = exc.param if isinstance(exc, RequestError) else None
     allowed = exc.allowed if isinstance(exc, ParamError) else None
     headers = {"dg-request-id": request_id}
-    if mapping.status == 503:
+    if mapping.status in (429, 503):
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if mapping.status == 401:
         headers["WWW-Authenticate"] = "Token"
@@ -154,7 +186,14 @@ def _error_response(state: ServerState, exc: StreamerError, request_id: str) -> 
 # ---- how a live stream ends, and the close code for it ---------------------------------------------------
 
 EndKind = Literal[
-    "close_stream", "idle", "shutdown", "bad_message", "engine_error", "slow_client", "client_closed"
+    "close_stream",
+    "idle",
+    "max_duration",
+    "shutdown",
+    "bad_message",
+    "engine_error",
+    "slow_client",
+    "client_closed",
 ]
 
 
@@ -166,7 +205,7 @@ class _End:
     @property
     def flushes(self) -> bool:
         """Ends after which the client still gets its last finals and the Metadata message."""
-        return self.kind in ("close_stream", "idle", "shutdown")
+        return self.kind in ("close_stream", "idle", "max_duration", "shutdown")
 
 
 def _close_frame(end: _End, idle_timeout_s: float) -> tuple[int, str]:
@@ -177,7 +216,7 @@ def _close_frame(end: _End, idle_timeout_s: float) -> tuple[int, str]:
         return 1011, f"NET-0001: no audio or KeepAlive received for {idle_timeout_s:g} s"
     if end.kind == "shutdown":
         return 1012, "server shutting down"
-    if end.kind == "bad_message":
+    if end.kind in ("bad_message", "max_duration"):
         return 1008, end.detail
     if end.kind == "engine_error":
         return 1011, "engine failure"
@@ -273,18 +312,30 @@ class ServerState:
             self.models[spec.name] = ServedModel(
                 spec=spec,
                 engine=engine,
-                batcher=Batcher(engine, config.batcher, on_batch=self._batch_observer(spec.name)),
+                batcher=Batcher(
+                    engine,
+                    config.batcher,
+                    on_batch=self._batch_observer(spec.name),
+                    load=LoadTracker(config.limits.load_window_s),
+                ),
                 identity=ModelIdentity(
                     str(uuid.uuid5(MODEL_NAMESPACE, f"{spec.name}={spec.spec}")),
                     ModelInfo(spec.name, __version__, _public_arch(engine.name)),
                 ),
                 energy_vad=config.uses_energy_vad(spec),
             )
+            self.metrics.track_batcher(spec.name, self.models[spec.name].batcher.stats)
         self.model_names = [m.name for m in config.models]
         self._owns_engines = owns_engines
         self.jobs: set[_Job] = set()
         """Live streams and pre-recorded requests in progress, which shutdown lets finish."""
         self.active = 0
+        self.live: dict[str, _LiveStream] = {}
+        """Live streams by request id, from the handshake until their handler has released everything
+        (tests and /metrics count them to show that nothing outlives its connection)."""
+        self._key_limits = dict(config.api_key_limits)
+        self.key_streams: dict[str, int] = {}
+        """Streams and requests in progress per API key that has its own limit."""
         self.accepting = True
         self.started = False
         self._shutdown: asyncio.Task[None] | None = None
@@ -296,21 +347,68 @@ class ServerState:
         return observe
 
     # capacity: check and take a slot with no await in between, so concurrent handshakes cannot overshoot
-    def reserve(self, kind: str) -> None:
+    def reserve(self, kind: str, model: str, key: str | None = None) -> None:
+        """Take a slot for a stream or request of `model` by API key `key` (None: auth off), or raise
+        ShuttingDown, OverloadError (max streams), KeyLimitReached or EngineSaturated."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
         if self.active >= self.config.limits.max_streams:
             raise OverloadError(f"all {self.config.limits.max_streams} streams are busy; retry later")
+        limit = self._key_limits.get(key) if key is not None else None
+        if key is not None and limit is not None and self.key_streams.get(key, 0) >= limit:
+            raise KeyLimitReached(f"this API key already has its limit of {limit} concurrent streams")
+        saturated = self.saturation(model)
+        if saturated is not None:
+            raise EngineSaturated(saturated)
         self.active += 1
+        if key is not None and limit is not None:
+            self.key_streams[key] = self.key_streams.get(key, 0) + 1
         self.metrics.active_streams.labels(kind).inc()
 
-    def release(self, kind: str) -> None:
+    def release(self, kind: str, key: str | None = None) -> None:
         self.active -= 1
+        if key is not None and key in self.key_streams:
+            self.key_streams[key] -= 1
+            if not self.key_streams[key]:
+                del self.key_streams[key]
         self.metrics.active_streams.labels(kind).dec()
+
+    def saturation(self, model: str) -> str | None:
+        """Why `model` takes no more streams now (its engine's measured load is over a limit), or None."""
+        limits = self.config.limits
+        load = self.models[model].batcher.load.snapshot()
+        if load.busy_fraction >= limits.max_busy_fraction:
+            return (
+                f"model {model} is at capacity (engine busy {load.busy_fraction:.0%} of the last "
+                f"{load.window_s:g} s); retry later"
+            )
+        if load.queue_wait_s > limits.max_queue_wait_s:
+            return (
+                f"model {model} is at capacity (windows waited {load.queue_wait_s:.2f} s on average in "
+                "its queue); retry later"
+            )
+        return None
 
     @property
     def ready(self) -> bool:
-        return self.started and self.accepting and self.active < self.config.limits.max_streams
+        return (
+            self.started
+            and self.accepting
+            and self.active < self.config.limits.max_streams
+            and not any(self.saturation(name) for name in self.models)
+        )
+
+    def refresh_gauges(self) -> None:
+        """Bring the gauges that are read, not pushed (load, live sessions, tasks) up to date."""
+        metrics = self.metrics
+        metrics.live_sessions.set(len(self.live))
+        metrics.tasks.set(len(asyncio.all_tasks()))
+        for name, model in self.models.items():
+            snapshot = model.batcher.load.snapshot()
+            metrics.engine_busy.labels(name).set(snapshot.busy_fraction)
+            metrics.queue_wait.labels(name).set(snapshot.queue_wait_s)
+            metrics.queued_windows.labels(name).set(model.batcher.queued)
+            metrics.failed_batches.labels(name).set(model.batcher.stats.failed_batches)
 
     async def start(self) -> None:
         for model in self.models.values():
@@ -413,6 +511,13 @@ class _TimedStream(Stream):
         self._origins.pop((request.channel, request.id), None)
         super().fail_request(request)
 
+    def take_cancelled(self) -> list[tuple[int, int]]:
+        # Superseded windows never land: forget their arrival times, or a long stream leaks one per window.
+        cancelled = super().take_cancelled()
+        for key in cancelled:
+            self._origins.pop(key, None)
+        return cancelled
+
     def take_events(self) -> list[Event]:
         self.events_origin = self._cause
         return super().take_events()
@@ -423,6 +528,79 @@ class _Outgoing:
     text: str
     kind: Literal["partial", "final", "other"]
     origin: float | None = None
+    channel: int = 0
+
+
+class _Outbox:
+    """Messages waiting for one stream's sender: never blocks the producer, bounded for interim results.
+
+    `put_nowait(item)`: when `limit` messages already wait, the oldest waiting interim result is dropped
+    first (one that a later message of its channel supersedes, else the oldest), so a client that reads
+    slowly gets fewer interims, never fewer finals: finals, Metadata and other messages are always kept,
+    and if they alone pile up beyond the limit the receive loop stops reading audio (see `qsize`, `join`).
+    Otherwise like `asyncio.Queue`: `await get()`, `task_done()`, `await join()`; None ends the sender.
+    """
+
+    def __init__(self, limit: int, on_drop: Callable[[], None] | None = None) -> None:
+        self.limit = limit
+        self._items: deque[_Outgoing | None] = deque()
+        self._ready = asyncio.Event()
+        self._unfinished = 0
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._on_drop = on_drop
+        self.dropped = 0
+        """Interim results dropped for this stream."""
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: _Outgoing | None) -> None:
+        if len(self._items) >= self.limit:
+            self._drop_one_interim()
+        self._items.append(item)
+        self._unfinished += 1
+        self._all_done.clear()
+        self._ready.set()
+
+    def _drop_one_interim(self) -> None:
+        victim: int | None = None
+        later_channels: set[int] = set()
+        # Newest to oldest: an interim with a newer result of its channel behind it is stale already;
+        # `victim` ends on the oldest of them.
+        for index in range(len(self._items) - 1, -1, -1):
+            item = self._items[index]
+            if item is None or item.kind == "other":
+                continue
+            if item.kind == "partial" and item.channel in later_channels:
+                victim = index
+            later_channels.add(item.channel)
+        if victim is None:
+            victim = next(
+                (i for i, item in enumerate(self._items) if item is not None and item.kind == "partial"), None
+            )
+        if victim is None:
+            return  # only finals and other messages: keep them all
+        del self._items[victim]
+        self._unfinished -= 1
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop()
+
+    async def get(self) -> _Outgoing | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def task_done(self) -> None:
+        self._unfinished -= 1
+        if self._unfinished <= 0:
+            self._all_done.set()
+
+    async def join(self) -> None:
+        """Wait until every message put so far has been sent (or dropped)."""
+        await self._all_done.wait()
 
 
 class _LiveStream:
@@ -452,10 +630,14 @@ class _LiveStream:
         self._channels = params.output_channels
         self._bytes_per_second = params.audio_format.bytes_per_second()
         self._sha = hashlib.sha256()
-        self._out: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
+        dropped = state.metrics.interims_dropped.labels(model.name)
+        self._out = _Outbox(state.config.limits.max_outbox, on_drop=dropped.inc)
         self._recv_task: asyncio.Task[_End] | None = None
         self._stop: _End | None = None
         self._client_gone = False
+        self._opened = time.monotonic()
+        self._late_bytes = 0
+        """Audio received after CloseStream (not transcribed; the close code says so)."""
 
     def stop(self, end: _End) -> None:
         """Interrupt the receive loop (shutdown, engine failure); the first reason wins."""
@@ -511,24 +693,28 @@ class _LiveStream:
     async def _receive_loop(self) -> _End:
         ws = self.ws
         limits = self.state.config.limits
-        audio_seconds = self.state.metrics.audio_seconds.labels(self.model.name)
+        deadline = self._opened + limits.max_stream_duration_s
+        too_long = _End(
+            "max_duration", f"maximum stream duration of {limits.max_stream_duration_s:g} s reached"
+        )
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return too_long
             try:
-                msg = await ws.receive(timeout=limits.idle_timeout_s)
+                msg = await ws.receive(timeout=min(limits.idle_timeout_s, remaining))
             except TimeoutError:
-                return _End("idle")
+                return too_long if remaining < limits.idle_timeout_s else _End("idle")
             if msg.type is WSMsgType.BINARY:
                 data: bytes = msg.data
                 if not data:
                     return _End("close_stream")  # the old Deepgram convention: an empty frame ends the stream
-                self._sha.update(data)
-                self.runner.feed(data)
-                audio_seconds.inc(len(data) / self._bytes_per_second)
+                self._feed(data)
                 # Backpressure: stop reading (so TCP pushes back on the client) while this stream has
                 # many windows in flight or its client is slow to take results.
                 if self.runner.inflight > limits.max_inflight_windows:
                     await self.runner.wait_idle()
-                if self._out.qsize() > MAX_OUTBOX:
+                if self._out.qsize() > limits.max_outbox:
                     try:
                         async with asyncio.timeout(limits.idle_timeout_s):
                             await self._out.join()
@@ -554,23 +740,42 @@ class _LiveStream:
                 return _End("client_closed")
 
     async def _end(self, end: _End, sender: asyncio.Task[None]) -> None:
-        if end.flushes:
-            await self.runner.finish()
-            if self.runner.error is not None:
-                end = _End("engine_error", str(self.runner.error))
-        if not end.flushes:
-            await self.runner.cancel()
-        if end.kind == "slow_client":
-            self._client_gone = True  # drop what is queued; the socket is not draining anyway
-        elif end.kind == "engine_error":
-            self._send(error_message(f"transcription failed: {end.detail}", "ENGINE_FAILURE"))
-        elif end.flushes:
-            self._send(metadata_message(self.summary()))
-        self._out.put_nowait(None)
-        # A client that stopped reading must not hold the stream (or the shutdown) forever.
-        _, pending = await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
-        if pending:
-            sender.cancel()
+        late: asyncio.Task[None] | None = None
+        if end.kind == "shutdown":
+            await self._read_buffered()
+        elif end.kind == "close_stream":
+            # Keep reading while the finals are made: audio sent after CloseStream is not transcribed,
+            # and the close code then says so instead of dropping it silently.
+            late = asyncio.get_running_loop().create_task(self._read_after_close(), name=f"late-{self.id}")
+        try:
+            if end.flushes:
+                await self.runner.finish()
+                if self.runner.error is not None:
+                    end = _End("engine_error", str(self.runner.error))
+            if not end.flushes:
+                await self.runner.cancel()
+            if end.kind == "slow_client":
+                self._client_gone = True  # drop what is queued; the socket is not draining anyway
+            elif end.kind == "engine_error":
+                self._send(error_message(f"transcription failed: {end.detail}", "ENGINE_FAILURE"))
+            elif end.flushes:
+                self._send(metadata_message(self.summary()))
+            self._out.put_nowait(None)
+            # A client that stopped reading must not hold the stream (or the shutdown) forever.
+            _, pending = await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
+            if pending:
+                sender.cancel()
+        finally:
+            if late is not None:
+                late.cancel()
+                await asyncio.gather(late, return_exceptions=True)
+        if end.kind == "close_stream" and self._late_bytes:
+            log.info(
+                "stream %s: %d bytes of audio after CloseStream not transcribed", self.id, self._late_bytes
+            )
+            end = _End(
+                "bad_message", f"{self._late_bytes} bytes of audio after CloseStream were not transcribed"
+            )
         metrics = self.state.metrics
         metrics.closed.labels(end.kind).inc()
         if end.kind == "client_closed":
@@ -596,6 +801,37 @@ class _LiveStream:
             self.stream.duration,
         )
 
+    def _feed(self, data: bytes) -> None:
+        self._sha.update(data)
+        self.runner.feed(data)
+        self.state.metrics.audio_seconds.labels(self.model.name).inc(len(data) / self._bytes_per_second)
+
+    async def _read_buffered(self) -> None:
+        """Shutdown: take in the audio that had already reached us when the stream was stopped, so that
+        every word sent before the signal gets its final. Reads until the socket has been quiet for
+        SHUTDOWN_QUIET_S, for SHUTDOWN_READ_S (or a quarter of the grace period) at most."""
+        grace = self.state.config.limits.shutdown_grace_s
+        deadline = time.monotonic() + min(SHUTDOWN_READ_S, grace / 4)
+        while not self.ws.closed and (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await self.ws.receive(timeout=min(SHUTDOWN_QUIET_S, left))
+            except TimeoutError:
+                return
+            if msg.type is WSMsgType.BINARY and msg.data:
+                self._feed(msg.data)
+            elif msg.type is not WSMsgType.TEXT:
+                return  # closed, broken, or the empty frame that ends a stream
+            # Text: KeepAlive and Finalize change nothing now (the flush follows), CloseStream is implied.
+
+    async def _read_after_close(self) -> None:
+        """After CloseStream, until cancelled: count audio that arrives anyway, ignore control messages."""
+        while not self.ws.closed:
+            msg = await self.ws.receive()
+            if msg.type is WSMsgType.BINARY:
+                self._late_bytes += len(msg.data)
+            elif msg.type is not WSMsgType.TEXT:
+                return
+
     def summary(self) -> StreamSummary:
         return StreamSummary(
             request_id=self.id,
@@ -615,7 +851,8 @@ class _LiveStream:
         origin = self.stream.events_origin
         if isinstance(event, Transcript):
             text = results_message(event, self._channels, self.model.identity, self.id)
-            self._out.put_nowait(_Outgoing(text, "final" if event.is_final else "partial", origin))
+            kind: Literal["partial", "final"] = "final" if event.is_final else "partial"
+            self._out.put_nowait(_Outgoing(text, kind, origin, event.channel))
         elif isinstance(event, SpeechStarted):
             if self.params.vad_events:
                 self._send(speech_started_message(event, self._channels))
@@ -659,15 +896,28 @@ def _offered_protocols(request: web.Request) -> list[str]:
     return [p.strip() for p in header.split(",") if p.strip()]
 
 
-def _authorize(state: ServerState, request: web.Request) -> None:
-    """Raise AuthError unless auth is off or the request carries a configured key.
+def _check_origin(state: ServerState, request: web.Request) -> None:
+    """Raise ForbiddenOrigin when origins are restricted and a browser page from another one asks.
+
+    Browsers always send Origin on a WebSocket handshake (and on cross-origin POSTs); other clients
+    usually send none, and a missing Origin is allowed: the check protects users' browsers from foreign
+    pages (which could otherwise use a browser's network position), not the server from clients.
+    """
+    allowed = state.config.allowed_origins
+    origin = request.headers.get("Origin")
+    if allowed and origin is not None and normalise_origin(origin) not in allowed:
+        raise ForbiddenOrigin(f"origin {origin[:100]!r} is not allowed", "Origin")
+
+
+def _authorize(state: ServerState, request: web.Request) -> str | None:
+    """The configured key the request carries (None when auth is off); raises AuthError otherwise.
 
     Keys come as `Authorization: Token <key>` / `Bearer <key>`, or as the browser form
-    `Sec-WebSocket-Protocol: token, <key>`.
+    `Sec-WebSocket-Protocol: token, <key>`. Never log a candidate or the key.
     """
     keys = state.config.api_keys
     if not keys:
-        return
+        return None
     candidates: list[str] = []
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.strip().partition(" ")
@@ -678,15 +928,27 @@ def _authorize(state: ServerState, request: web.Request) -> None:
         candidates.extend(p for p in offered if p != "token")
     if not candidates:
         raise AuthError("missing credentials: send 'Authorization: Token <key>'")
-    if not any(_key_matches(keys, c) for c in candidates):
+    matched: str | None = None
+    for candidate in candidates:  # every candidate against every key: no early exit
+        found = _match_key(keys, candidate)
+        matched = found if found is not None else matched
+    if matched is None:
         raise AuthError("invalid credentials")
+    return matched
 
 
-def _key_matches(keys: frozenset[str], candidate: str) -> bool:
-    given = candidate.encode()
-    matched = False
-    for key in keys:  # compare with every key, in constant time each, without stopping early
-        matched |= hmac.compare_digest(key.encode(), given)
+def _match_key(keys: frozenset[str], candidate: str) -> str | None:
+    """The key equal to `candidate`, compared in constant time with every key.
+
+    Digests are compared rather than the keys themselves, so that the time taken depends neither on how
+    long a key is nor on how much of it the candidate got right, and the loop never stops early, so it
+    does not tell which key matched either.
+    """
+    given = hashlib.sha256(candidate.encode()).digest()
+    matched: str | None = None
+    for key in sorted(keys):
+        equal = hmac.compare_digest(hashlib.sha256(key.encode()).digest(), given)
+        matched = key if equal else matched
     return matched
 
 
@@ -698,7 +960,8 @@ async def _listen_ws(request: web.Request) -> web.StreamResponse:
     try:
         if not state.accepting:
             raise ShuttingDown("the server is shutting down")
-        _authorize(state, request)
+        _check_origin(state, request)
+        key = _authorize(state, request)
         params = parse_listen_params(request.query, state.model_names)
         subprotocols = ("token",) if "token" in _offered_protocols(request) else ()
         ws = web.WebSocketResponse(
@@ -706,21 +969,28 @@ async def _listen_ws(request: web.Request) -> web.StreamResponse:
             max_msg_size=state.config.limits.max_message_bytes,
             timeout=CLOSE_TIMEOUT_S,
             autoping=True,
+            writer_limit=SEND_BUFFER_BYTES // 2,  # look for transport backpressure every 8 KiB sent
+            # No permessage-deflate: PCM audio barely compresses, yet every frame would be inflated on the
+            # event loop, each connection would hold ~300 KB of zlib state, and in the soak benchmark that
+            # state made the RSS creep as connections came and went. Clients fall back without it.
+            compress=False,
         )
         if not ws.can_prepare(request).ok:
             raise NotWebSocket(
                 "this endpoint speaks WebSocket; POST audio here for pre-recorded transcription"
             )
         live = _LiveStream(state, state.models[params.model], params, request_id, ws)
-        state.reserve("live")
+        state.reserve("live", params.model, key)
     except StreamerError as exc:
         return _error_response(state, exc, request_id)
     job = _Job.current(stop=lambda: live.stop(_End("shutdown")))
     state.jobs.add(job)
+    state.live[request_id] = live
     state.metrics.streams.labels(params.model, "live").inc()
     try:
         ws.headers["dg-request-id"] = request_id
         await ws.prepare(request)
+        _limit_buffers(request)
         await live.run()
     finally:
         # Also reached on a bug, or when shutdown cancels a stream that overran the grace period: never
@@ -733,9 +1003,32 @@ async def _listen_ws(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await ws.close(code=code, message=_reason_bytes(reason))
         state.jobs.discard(job)
-        state.release("live")
+        state.live.pop(request_id, None)
+        state.release("live", key)
         job.finished.set()
     return ws
+
+
+def _limit_buffers(request: web.Request) -> None:
+    """Fix the socket buffers of a live stream, so that what a client can park in the kernel is bounded.
+
+    Left alone, Linux grows a socket's buffers to megabytes (4-6 MB by default) when the other side
+    stops reading. Send: results are a few KB/s, and 16 KiB (doubled by Linux) still carry 150 KB/s over
+    a 200 ms round trip; a slow reader then shows up in the stream's outbox, where interim results are
+    coalesced, instead of hundreds of stale interims queued below it. Receive: 256 KiB (doubled) carry
+    the largest audio format (8 channels at 48 kHz, 768 KB/s) over a 300 ms round trip, and bound what a
+    client sending faster than real time has in flight while the server is not reading it.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+        transport.set_write_buffer_limits(high=SEND_BUFFER_BYTES)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -823,9 +1116,10 @@ async def _listen_post(request: web.Request) -> web.Response:
     try:
         if not state.accepting:
             raise ShuttingDown("the server is shutting down")
-        _authorize(state, request)
+        _check_origin(state, request)
+        key = _authorize(state, request)
         params = parse_listen_params(request.query, state.model_names)
-        state.reserve("prerecorded")
+        state.reserve("prerecorded", params.model, key)
     except StreamerError as exc:
         return _error_response(state, exc, request_id)
     created = datetime.now(UTC)
@@ -864,7 +1158,7 @@ async def _listen_post(request: web.Request) -> web.Response:
         return _error_response(state, exc, request_id)
     finally:
         state.jobs.discard(job)
-        state.release("prerecorded")
+        state.release("prerecorded", key)
         job.finished.set()
 
 
@@ -875,18 +1169,29 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     limits = state.config.limits
+    load = {}
+    for name, model in state.models.items():
+        snapshot = model.batcher.load.snapshot()
+        load[name] = {
+            "busy_fraction": round(snapshot.busy_fraction, 3),
+            "queue_wait_s": round(snapshot.queue_wait_s, 3),
+            "saturated": state.saturation(name) is not None,
+        }
     body = {
         "ready": state.ready,
         "accepting": state.accepting,
         "active_streams": state.active,
         "max_streams": limits.max_streams,
         "models": state.model_names,
+        "load": load,
     }
     return web.json_response(body, status=200 if state.ready else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[STATE].metrics.render()
+    state = request.app[STATE]
+    state.refresh_gauges()
+    body, content_type = state.metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -918,20 +1223,34 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     return app
 
 
-def _url(address: Sequence[object]) -> str:
+def _url(address: Sequence[object], scheme: str = "http") -> str:
     host, port = str(address[0]), int(str(address[1]))
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-async def _serve(config: ServerConfig, engines: dict[str, Engine]) -> None:
+def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from `config.tls_cert`/`tls_key` (None without TLS); raises ConfigError
+    when the files cannot be read or do not match. Pass it to `web.TCPSite(..., ssl_context=...)`."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {config.tls_cert} and its key: {exc}") from None
+    return context
+
+
+async def _serve(config: ServerConfig, engines: dict[str, Engine], tls: ssl.SSLContext | None = None) -> None:
     app = create_app(config, engines)
     # aiohttp's own handler drain only has to catch what our drain (on_shutdown) left behind.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
-        log.info("listening on %s", _url(runner.addresses[0]))
+        log.info("listening on %s", _url(runner.addresses[0], "https" if tls is not None else "http"))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -954,10 +1273,11 @@ async def _serve(config: ServerConfig, engines: dict[str, Engine]) -> None:
 
 def run(config: ServerConfig, engines: dict[str, Engine] | None = None) -> None:
     """Load the models, serve until SIGINT/SIGTERM, then stop gracefully. Raises StreamerError or OSError."""
+    tls = ssl_context(config)  # before the models load: a bad certificate fails at once
     owned = engines is None
     engines = load_engines(config) if engines is None else engines
     try:
-        asyncio.run(_serve(config, engines))
+        asyncio.run(_serve(config, engines, tls))
     finally:
         if owned:
             for engine in engines.values():

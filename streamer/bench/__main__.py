@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = {"accuracy": "streamer.bench.accuracy"}
+BENCHMARKS = {
+    "accuracy": "streamer.bench.accuracy",
+    "load": "streamer.bench.load",
+    "compare": "streamer.bench.compare",
+    "rtf": "streamer.bench.rtf",
+    "models": "streamer.bench.models",
+    "soak": "streamer.bench.soak",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
