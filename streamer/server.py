@@ -952,17 +952,22 @@ def _match_key(keys: frozenset[str], candidate: str) -> str | None:
     return matched
 
 
+def _admit(state: ServerState, request: web.Request) -> tuple[str | None, ListenParams]:
+    """The checks every /v1/listen request passes, in order: accepting, origin, key, parameters."""
+    if not state.accepting:
+        raise ShuttingDown("the server is shutting down")
+    _check_origin(state, request)
+    key = _authorize(state, request)
+    return key, parse_listen_params(request.query, state.model_names)
+
+
 async def _listen_ws(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = str(uuid.uuid4())
     # Everything from the first check to registering the stream runs without an await, so shutdown and
     # capacity see a consistent picture.
     try:
-        if not state.accepting:
-            raise ShuttingDown("the server is shutting down")
-        _check_origin(state, request)
-        key = _authorize(state, request)
-        params = parse_listen_params(request.query, state.model_names)
+        key, params = _admit(state, request)
         subprotocols = ("token",) if "token" in _offered_protocols(request) else ()
         ws = web.WebSocketResponse(
             protocols=subprotocols,
@@ -1114,11 +1119,7 @@ async def _listen_post(request: web.Request) -> web.Response:
     state = request.app[STATE]
     request_id = str(uuid.uuid4())
     try:
-        if not state.accepting:
-            raise ShuttingDown("the server is shutting down")
-        _check_origin(state, request)
-        key = _authorize(state, request)
-        params = parse_listen_params(request.query, state.model_names)
+        key, params = _admit(state, request)
         state.reserve("prerecorded", params.model, key)
     except StreamerError as exc:
         return _error_response(state, exc, request_id)
