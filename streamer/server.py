@@ -135,32 +135,29 @@ class _HttpMapping:
     """Label of the rejected-requests metric."""
 
 
+# Most specific first: the first class an error is an instance of decides its status, code and metric label.
+_HTTP_MAPPINGS: tuple[tuple[type[StreamerError], _HttpMapping], ...] = (
+    (AuthError, _HttpMapping(401, "INVALID_AUTH", "auth")),
+    (ForbiddenOrigin, _HttpMapping(403, "FORBIDDEN_ORIGIN", "origin")),
+    (PayloadTooLarge, _HttpMapping(413, "PAYLOAD_TOO_LARGE", "too_large")),
+    (NotWebSocket, _HttpMapping(426, "UPGRADE_REQUIRED", "not_websocket")),
+    (AudioFormatError, _HttpMapping(400, "INVALID_AUDIO", "bad_audio")),
+    (RequestError, _HttpMapping(400, "BAD_REQUEST", "bad_request")),
+    (ShuttingDown, _HttpMapping(503, "SHUTTING_DOWN", "shutting_down")),
+    # Deepgram's status and code for a key over its concurrency limit.
+    (KeyLimitReached, _HttpMapping(429, "TOO_MANY_REQUESTS", "key_limit")),
+    (EngineSaturated, _HttpMapping(503, "OVERLOADED", "saturated")),
+    (OverloadError, _HttpMapping(503, "TOO_MANY_STREAMS", "overload")),
+    (EngineError, _HttpMapping(500, "ENGINE_FAILURE", "engine")),
+)
+
+
 def _http_mapping(exc: StreamerError) -> _HttpMapping:
-    if isinstance(exc, AuthError):
-        return _HttpMapping(401, "INVALID_AUTH", "auth")
-    if isinstance(exc, ForbiddenOrigin):
-        return _HttpMapping(403, "FORBIDDEN_ORIGIN", "origin")
-    if isinstance(exc, PayloadTooLarge):
-        return _HttpMapping(413, "PAYLOAD_TOO_LARGE", "too_large")
-    if isinstance(exc, NotWebSocket):
-        return _HttpMapping(426, "UPGRADE_REQUIRED", "not_websocket")
-    if isinstance(exc, ParamError):
+    if isinstance(exc, ParamError):  # carries its own Deepgram error code
         return _HttpMapping(400, exc.err_code, "bad_param")
-    if isinstance(exc, AudioFormatError):
-        return _HttpMapping(400, "INVALID_AUDIO", "bad_audio")
-    if isinstance(exc, RequestError):
-        return _HttpMapping(400, "BAD_REQUEST", "bad_request")
-    if isinstance(exc, ShuttingDown):
-        return _HttpMapping(503, "SHUTTING_DOWN", "shutting_down")
-    if isinstance(exc, KeyLimitReached):
-        # Deepgram's status and code for a key over its concurrency limit.
-        return _HttpMapping(429, "TOO_MANY_REQUESTS", "key_limit")
-    if isinstance(exc, EngineSaturated):
-        return _HttpMapping(503, "OVERLOADED", "saturated")
-    if isinstance(exc, OverloadError):
-        return _HttpMapping(503, "TOO_MANY_STREAMS", "overload")
-    if isinstance(exc, EngineError):
-        return _HttpMapping(500, "ENGINE_FAILURE", "engine")
+    for kind, mapping in _HTTP_MAPPINGS:
+        if isinstance(exc, kind):
+            return mapping
     return _HttpMapping(500, "INTERNAL_ERROR", "internal")
 
 
