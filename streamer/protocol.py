@@ -23,6 +23,22 @@ from streamer.session import StreamingConfig
 from streamer.transcript import SpeechStarted, Transcript, UtteranceEnd
 
 # Deepgram parameters we accept and ignore, so that existing clients connect unchanged (README lists them).
+LISTEN_PARAMS: frozenset[str] = frozenset(
+    {
+        "language",
+        "model",
+        "encoding",
+        "sample_rate",
+        "channels",
+        "multichannel",
+        "interim_results",
+        "endpointing",
+        "utterance_end_ms",
+        "vad_events",
+    }
+)
+"""Query parameters of /v1/listen that this server implements."""
+
 IGNORED_PARAMS: frozenset[str] = frozenset(
     {
         "alternatives",
@@ -243,18 +259,6 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         query, "utterance_end_ms", MIN_UTTERANCE_END_MS, None, f"milliseconds >= {MIN_UTTERANCE_END_MS}"
     )
 
-    known = {
-        "language",
-        "model",
-        "encoding",
-        "sample_rate",
-        "channels",
-        "multichannel",
-        "interim_results",
-        "endpointing",
-        "utterance_end_ms",
-        "vad_events",
-    }
     names = sorted(set(query.keys()))
     return ListenParams(
         model=model,
@@ -270,7 +274,7 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         vad_events=_bool(query, "vad_events", False),
         requested_model=requested,
         ignored=tuple(n for n in names if n in IGNORED_PARAMS),
-        unknown=tuple(n for n in names if n not in IGNORED_PARAMS and n not in known),
+        unknown=tuple(n for n in names if n not in IGNORED_PARAMS and n not in LISTEN_PARAMS),
     )
 
 

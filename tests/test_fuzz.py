@@ -33,6 +33,7 @@ from streamer.audio import (
 from streamer.engine.fake import EnergyDetector, ToneEngine
 from streamer.protocol import (
     IGNORED_PARAMS,
+    LISTEN_PARAMS,
     CloseStream,
     Configure,
     ControlMessageError,
@@ -97,18 +98,7 @@ def test_control_decoder_decodes_or_raises_its_one_error(text: str) -> None:
     assert isinstance(message, KeepAlive | Finalize | CloseStream | Configure)
 
 
-PARAM_NAMES = [
-    "language",
-    "model",
-    "encoding",
-    "sample_rate",
-    "channels",
-    "multichannel",
-    "interim_results",
-    "endpointing",
-    "utterance_end_ms",
-    "vad_events",
-]
+PARAM_NAMES = sorted(LISTEN_PARAMS)
 param_values = st.one_of(
     st.sampled_from(["true", "false", "1", "0", "en", "he-IL", "nova-3", "linear16", "mulaw", "alaw"]),
     st.integers(-10, 100_000).map(str),
