@@ -71,7 +71,12 @@ class BatchStats:
 
 
 class Batcher:
-    """One loop per model: forms batches (bounded size and wait, no polling) and runs them on one thread."""
+    """One loop per model: forms batches (bounded size and wait, no polling) and runs them on the engine's
+    `concurrency` inference threads ("lanes"), one batch per lane at a time.
+
+    A batch is formed only when a lane is free, so windows wait in the priority queue (where a final can
+    still overtake them) rather than behind a batch already taken.
+    """
 
     def __init__(
         self,
@@ -84,21 +89,26 @@ class Batcher:
         self.config = config or BatcherConfig()
         self.max_batch = max(1, min(self.config.max_batch, engine.max_batch))
         self.stats = BatchStats()
-        self.load = load or LoadTracker()
-        """Recent busy fraction and queue wait of the inference thread (admission control reads it)."""
+        self.lanes = max(1, engine.concurrency)
+        self.load = load or LoadTracker(lanes=self.lanes)
+        """Recent busy fraction and queue wait of the inference lanes (admission control reads it)."""
         self._on_batch = on_batch
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Item]] | None = None
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
-        # One inference thread: the engine is not re-entrant and torch already uses every core per call.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{engine.name}")
+        # One thread per lane: most engines are not re-entrant (torch already uses every core per call);
+        # engines made of single-core replicas declare more.
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"infer-{engine.name}")
+        self._free_lanes: asyncio.Semaphore | None = None
+        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._current: list[_Item] = []
+        self._running: dict[int, _Item] = {}  # id -> item, for the batches on the lanes
 
     def start(self) -> None:
         """Start the batching loop on the running event loop (idempotent)."""
         if self._task is None:
             self._queue = asyncio.PriorityQueue(self.config.max_queue)
+            self._free_lanes = asyncio.Semaphore(self.lanes)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     @property
@@ -118,34 +128,58 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._free_lanes is not None
         queue = self._queue
         loop = asyncio.get_running_loop()
         while True:
-            batch = [(await queue.get())[2]]
-            deadline = loop.time() + self.config.max_wait_ms / 1000
-            while len(batch) < self.max_batch:
-                if not queue.empty():
-                    batch.append(queue.get_nowait()[2])
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append((await asyncio.wait_for(queue.get(), remaining))[2])
-                except TimeoutError:
-                    break
+            await self._free_lanes.acquire()
+            try:
+                batch = await self._form_batch(queue, loop)
+            except BaseException:
+                self._free_lanes.release()
+                raise
             live = [item for item in batch if not item.future.done()]
             self.stats.skipped += len(batch) - len(live)
-            if live:
-                self._current = live
-                started = time.perf_counter()
-                self.load.begin(started - min(item.enqueued for item in live), started)
-                try:
-                    await self._run_batch(live)
-                finally:
-                    self.load.end()
-                self._current = []
+            if not live:
+                self._free_lanes.release()
+                continue
+            task = loop.create_task(self._lane(live), name="batch")
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+
+    async def _form_batch(
+        self, queue: asyncio.PriorityQueue[tuple[int, int, _Item]], loop: asyncio.AbstractEventLoop
+    ) -> list[_Item]:
+        """The next batch: the most urgent window, then whatever joins it within the wait."""
+        batch = [(await queue.get())[2]]
+        deadline = loop.time() + self.config.max_wait_ms / 1000
+        while len(batch) < self.max_batch:
+            if not queue.empty():
+                batch.append(queue.get_nowait()[2])
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append((await asyncio.wait_for(queue.get(), remaining))[2])
+            except TimeoutError:
+                break
+        return batch
+
+    async def _lane(self, batch: list[_Item]) -> None:
+        """Run one batch on a free lane, then free it."""
+        assert self._free_lanes is not None
+        for item in batch:
+            self._running[id(item)] = item
+        started = time.perf_counter()
+        token = self.load.begin(started - min(item.enqueued for item in batch), started)
+        try:
+            await self._run_batch(batch)
+        finally:
+            self.load.end(token)
+            for item in batch:
+                self._running.pop(id(item), None)
+            self._free_lanes.release()
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -190,7 +224,12 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        leftovers = list(self._current)
+        leftovers = list(self._running.values())  # before the lanes stop and forget them
+        for task in list(self._lane_tasks):
+            task.cancel()
+        for task in list(self._lane_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._queue is not None:
             while not self._queue.empty():
                 leftovers.append(self._queue.get_nowait()[2])

@@ -160,6 +160,19 @@ _OPTIONS: tuple[_Option, ...] = (
         "webrtcvad aggressiveness 0-3",
     ),
     _Option(
+        "--vad-quiet-db",
+        "STREAMER_VAD_QUIET_DB",
+        f"{_DEFAULT_VAD.quiet_db:g}",
+        "frames this many dB below the speaker's recent level are not speech, whatever the detector says "
+        "(ends utterances on background noise); 'off' trusts the detector alone",
+    ),
+    _Option(
+        "--early-final-ms",
+        "STREAMER_EARLY_FINAL_MS",
+        str(_DEFAULT_VAD.early_final_ms),
+        "start the final pass this long before the endpoint is due (discarded if speech resumes); 0 waits",
+    ),
+    _Option(
         "--endpointing-ms",
         "STREAMER_ENDPOINTING_MS",
         str(_DEFAULT_VAD.endpoint_ms),
@@ -391,10 +404,19 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     if endpoint_ms is not None:
         frame_ms = _DEFAULT_VAD.frame_ms
         _check(endpoint_ms >= frame_ms, endpoint_source, f"must be >= {frame_ms} ms (one VAD frame) or false")
+    quiet_source, quiet_text = values.get("vad_quiet_db")
+    quiet_db: float | None = None
+    if quiet_text is None or quiet_text.strip().lower() not in ("off", "false", "none"):
+        quiet_db = values.convert("vad_quiet_db", _float)
+        _check(quiet_db > 0, quiet_source, "must be > 0 dB or off")
+    early_final_ms = values.convert("early_final_ms", _int)
+    _check(early_final_ms >= 0, values.get("early_final_ms")[0], "must be >= 0 ms")
     vad = VadConfig(
         aggressiveness=values.convert("vad_aggressiveness", _int),
         endpoint_ms=endpoint_ms,
         max_segment_s=values.convert("max_segment_s", _float),
+        quiet_db=quiet_db,
+        early_final_ms=early_final_ms,
     )
     no_final_pass = (
         args.no_final_pass

@@ -1,8 +1,9 @@
 """How busy one model's inference thread has been recently: the measure behind admission control.
 
-The batcher reports each batch: `tracker.begin(waited_s)` when it starts on the inference thread (with how
-long its oldest window waited in the queue) and `tracker.end()` when it is done (or failed). The server asks
-`tracker.busy_fraction()` (share of the last `window_s` seconds the thread was busy, the running batch
+The batcher reports each batch: `token = tracker.begin(waited_s)` when it starts on an inference thread
+(with how long its oldest window waited in the queue) and `tracker.end(token)` when it is done (or failed).
+An engine with `concurrency` N runs up to N batches at once, so the tracker has N lanes. The server asks
+`tracker.busy_fraction()` (share of the last `window_s` seconds the lanes were busy, running batches
 included) and `tracker.queue_wait()` (mean queue wait of the batches started in that window) and refuses new
 streams when either is over its limit (`Limits.max_busy_fraction`, `Limits.max_queue_wait_s`).
 
@@ -14,6 +15,7 @@ parameter so tests can drive the clock.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,40 +33,48 @@ class LoadSnapshot:
 
 
 class LoadTracker:
-    """Sliding-window record of one inference thread's busy intervals and queue waits (event-loop only)."""
+    """Sliding-window record of the busy intervals and queue waits of one model's `lanes` inference
+    threads (event-loop only)."""
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 10.0, lanes: int = 1) -> None:
         if not window_s > 0:
             raise ConfigError(f"load window must be > 0 s, got {window_s}")
+        if lanes < 1:
+            raise ConfigError(f"load lanes must be >= 1, got {lanes}")
         self.window_s = window_s
+        self.lanes = lanes
         self._busy: deque[tuple[float, float]] = deque()  # finished (start, end) intervals
         self._waits: deque[tuple[float, float]] = deque()  # (batch start, its oldest window's wait)
-        self._running_since: float | None = None
+        self._running: dict[int, float] = {}  # token -> start of a batch still running
+        self._tokens = itertools.count()
 
-    def begin(self, waited_s: float, now: float | None = None) -> None:
-        """A batch starts now; its oldest window waited `waited_s` in the queue."""
+    def begin(self, waited_s: float, now: float | None = None) -> int:
+        """A batch starts now; its oldest window waited `waited_s` in the queue. Returns the token for
+        `end`."""
         now = time.perf_counter() if now is None else now
-        self._running_since = now
+        token = next(self._tokens)
+        self._running[token] = now
         self._waits.append((now, max(0.0, waited_s)))
         self._prune(now)
+        return token
 
-    def end(self, now: float | None = None) -> None:
-        """The running batch finished (successfully or not)."""
+    def end(self, token: int, now: float | None = None) -> None:
+        """The batch `begin` returned `token` for finished (successfully or not)."""
         now = time.perf_counter() if now is None else now
-        if self._running_since is not None:
-            self._busy.append((self._running_since, now))
-            self._running_since = None
+        started = self._running.pop(token, None)
+        if started is not None:
+            self._busy.append((started, now))
         self._prune(now)
 
     def busy_fraction(self, now: float | None = None) -> float:
-        """Share of the last `window_s` seconds spent inside batches, the one running now included."""
+        """Share of the lanes' time in the last `window_s` seconds spent inside batches, the running
+        ones included."""
         now = time.perf_counter() if now is None else now
         self._prune(now)
         start = now - self.window_s
         busy = sum(min(end, now) - max(begin, start) for begin, end in self._busy if end > start)
-        if self._running_since is not None:
-            busy += now - max(self._running_since, start)
-        return min(1.0, max(0.0, busy / self.window_s))
+        busy += sum(now - max(begin, start) for begin in self._running.values())
+        return min(1.0, max(0.0, busy / (self.window_s * self.lanes)))
 
     def queue_wait(self, now: float | None = None) -> float:
         """Mean queue wait of the batches that started in the last `window_s` seconds (0 when none)."""

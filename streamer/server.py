@@ -313,7 +313,7 @@ class ServerState:
                     engine,
                     config.batcher,
                     on_batch=self._batch_observer(spec.name),
-                    load=LoadTracker(config.limits.load_window_s),
+                    load=LoadTracker(config.limits.load_window_s, lanes=max(1, engine.concurrency)),
                 ),
                 identity=ModelIdentity(
                     str(uuid.uuid5(MODEL_NAMESPACE, f"{spec.name}={spec.spec}")),

@@ -37,6 +37,11 @@ class VadConfig:
     - segments split in the middle of the first pause of 90 ms or more after 7 s, else hard at 15 s. A
       final is one model pass over its segment, so this bounds final latency (a 15 s pass takes over a
       second on a CPU) while keeping sentence-sized context for the model.
+    - a frame more than `quiet_db` 30 dB below the speaker's recent level is not speech even when the
+      detector says so: webrtcvad keeps saying "speech" for 0.2-1 s after the last word on background
+      noise and through its own hangover, which delayed every endpoint by that much (measured: model's
+      last word to the detector's pause, p50 0.21 s, p95 0.69 s on the bench streams), and it starts
+      segments on noise in pauses.
     """
 
     aggressiveness: int = 2
@@ -48,12 +53,23 @@ class VadConfig:
     endpoint_ms: int | None = 400
     """Silence that ends a segment; None disables (segments end only on flush or length)."""
     tail_ms: int = 200
-    early_final_ms: int = 100
-    """`SegmentMayEnd` this long before the endpoint is due (never before the tail is complete)."""
+    early_final_ms: int = 200
+    """`SegmentMayEnd` up to this long before the endpoint is due (never before the tail is complete),
+    so the final pass is mostly done when the endpoint comes; if speech resumes, the pass is wasted."""
+    early_final_full_s: float = 4.0
+    """Segments shorter than this get a proportionally shorter lead (their final pass is quicker).
+    Simulated on the load benchmark's streams (final p95 / model seconds): a flat 100 ms lead 0.52 s /
+    552, flat 150 ms 0.40 / 571, flat 200 ms 0.39 / 576, 200 ms scaled to 4 s 0.38 / 564."""
     max_segment_s: float = 15.0
     split_after_s: float = 7.0
     """After this long, a pause of `split_frames` unvoiced frames (shorter than endpointing) splits."""
     split_frames: int = 3
+    quiet_db: float | None = 30.0
+    """Inside a segment, frames this far below the speech level are pauses; None: the detector alone."""
+    level_frames: int = 100
+    """Voiced frames (the latest) whose level sets the speech level (its 90th percentile)."""
+    level_memory_s: float = 10.0
+    """Voiced frames older than this no longer set the level (none left: no frame is quiet)."""
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -72,6 +88,10 @@ class VadConfig:
             raise ConfigError("split_after_s must be > 0 and at most the maximum segment length")
         if self.split_frames < 1:
             raise ConfigError("split_frames must be >= 1")
+        if self.quiet_db is not None and not self.quiet_db > 0:
+            raise ConfigError(f"quiet_db must be > 0 dB, got {self.quiet_db}")
+        if self.level_frames < 1 or not self.level_memory_s > 0:
+            raise ConfigError("level_frames must be >= 1 and level_memory_s > 0")
 
     @property
     def frame_samples(self) -> int:
@@ -129,6 +149,41 @@ class SegmentMayEnd:
 SegmentEvent = SegmentStart | SegmentAudio | SegmentEnd | SegmentMayEnd
 
 
+class SpeechLevel:
+    """The speaker's level: the 90th percentile (dB) of recent voiced frames' energy.
+
+    `add(frame_no, db)` after each voiced frame; `quiet(frame_no, db)` tells whether a frame is `quiet_db`
+    below that level. Levels older than `memory_frames` are forgotten, so after a long silence nothing is
+    quiet and a speaker who came back softer is heard again (and sets a new level).
+    """
+
+    def __init__(self, frames: int, quiet_db: float, memory_frames: int) -> None:
+        self._levels: deque[tuple[int, float]] = deque(maxlen=frames)
+        self._quiet_db = quiet_db
+        self._memory = memory_frames
+        self._reference: float | None = None
+
+    def add(self, frame_no: int, db: float) -> None:
+        self._levels.append((frame_no, db))
+        self._reference = None  # recomputed lazily, only when a frame is tested
+
+    def quiet(self, frame_no: int, db: float) -> bool:
+        while self._levels and self._levels[0][0] < frame_no - self._memory:
+            self._levels.popleft()
+            self._reference = None
+        if not self._levels:
+            return False
+        if self._reference is None:
+            self._reference = float(np.percentile(np.fromiter((d for _, d in self._levels), float), 90))
+        return db < self._reference - self._quiet_db
+
+
+def frame_db(frame: FloatArray) -> float:
+    """Energy of a frame in dB relative to full scale (-100 for digital silence)."""
+    power = float(np.dot(frame, frame)) / max(1, len(frame))
+    return 10.0 * float(np.log10(power + 1e-10))
+
+
 class Segmenter:
     """Turns a 16 kHz stream into speech segments with pre-roll, endpointing and a length cap."""
 
@@ -150,11 +205,14 @@ class Segmenter:
             None if config.endpoint_ms is None else -(-config.endpoint_ms // config.frame_ms)
         )
         self._tail_frames = config.tail_ms // config.frame_ms
-        self._may_end_frames = (
+        self._level = (
             None
-            if self._endpoint_frames is None
-            else max(self._tail_frames, self._endpoint_frames - config.early_final_ms // config.frame_ms, 1)
+            if config.quiet_db is None
+            else SpeechLevel(
+                config.level_frames, config.quiet_db, round(config.level_memory_s * 1000 / config.frame_ms)
+            )
         )
+        self._frame_no = 0
 
     @property
     def in_speech(self) -> bool:
@@ -200,6 +258,13 @@ class Segmenter:
         start = self._position
         self._position += len(frame)
         voiced = self._detector.is_speech(frame)
+        self._frame_no += 1
+        if voiced and self._level is not None:
+            db = frame_db(frame)
+            if self._level.quiet(self._frame_no, db):
+                voiced = False  # noise, or the detector's hangover after the words: not speech
+            else:
+                self._level.add(self._frame_no, db)
         if not self._in_speech:
             self._history.append((start, frame, voiced))
             recent = list(self._history)[-self.config.start_window :]
@@ -214,15 +279,27 @@ class Segmenter:
             if not self._silence:
                 self._silence_start = start
             self._silence.append(frame)
-            if len(self._silence) == self._may_end_frames and self._may_end_frames < (
-                self._endpoint_frames or 0
-            ):
+            may_end = self._may_end_frames()
+            if may_end is not None and len(self._silence) == may_end:
                 tail = self._silence[: self._tail_frames]
                 events.append(SegmentMayEnd(np.concatenate(tail) if tail else np.zeros(0, np.float32)))
             if self._endpoint_frames is not None and len(self._silence) >= self._endpoint_frames:
                 self._end_segment(events, "silence")
                 return
         self._check_length(voiced, events)
+
+    def _may_end_frames(self) -> int | None:
+        """Pause frames after which `SegmentMayEnd` goes out (None: not before the endpoint itself).
+
+        The lead grows with the segment up to `early_final_ms`, since the final pass it buys time for
+        takes time in proportion to the segment, while every pause the speaker then talks on wastes one."""
+        if self._endpoint_frames is None:
+            return None
+        cfg = self.config
+        scale = min(1.0, self._segment_samples / (cfg.early_final_full_s * SAMPLE_RATE))
+        lead = round(cfg.early_final_ms * scale / cfg.frame_ms)
+        frames = max(self._tail_frames, self._endpoint_frames - lead, 1)
+        return frames if frames < self._endpoint_frames else None
 
     def _start_segment(self, events: list[SegmentEvent]) -> None:
         history = list(self._history)

@@ -32,7 +32,11 @@ def test_streaming_equals_offline_on_real_clips(eval_data: Path, engine: HamaEng
     )
     for row in rows:
         assert row.streaming == row.offline, row.name  # short segments: the final pass is the offline pass
-        assert 1.0 < row.result.samples_to_model / row.result.speech_samples < 3.0
+        # A speaker who pauses often mid-sentence (vctk_p225_003, a list read out) costs an early final
+        # pass at each such pause: about 3.5x on that clip.
+        assert 1.0 < row.result.samples_to_model / row.result.speech_samples < 4.0
+    to_model = sum(r.result.samples_to_model for r in rows)
+    assert 1.0 < to_model / sum(r.result.speech_samples for r in rows) < 3.0
     assert joined is not None
     assert wer([joined.offline], [joined.streaming]) <= 0.02
     assert wer([joined.reference], [joined.streaming]) < 0.4

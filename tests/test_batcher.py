@@ -139,3 +139,47 @@ async def test_finals_overtake_queued_partial_windows() -> None:
     assert order[:2] == ["busy", "final"]
     assert order[2:] == ["partial0", "partial1", "partial2"]
     await batcher.stop()
+
+
+class _LengthPaced(ToneEngine):
+    """Takes 0.1 s per second of audio in a call, like a real model (a long final pass is slow)."""
+
+    def forward(self, windows):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(0.1 * sum(len(w) for w in windows) / 16000)
+        return super().forward(windows)
+
+
+async def test_lanes_run_batches_side_by_side() -> None:
+    engine = ToneEngine(max_batch=1, concurrency=2, delay_s=0.05)
+    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
+    assert batcher.lanes == 2 and batcher.max_batch == 1
+    batcher.start()
+    windows = [_window(i) for i in range(6)]
+    outs = await asyncio.gather(*(batcher.infer(w) for w in windows))
+    reference = ToneEngine()
+    for w, out in zip(windows, outs, strict=True):
+        np.testing.assert_array_equal(out, reference.forward([w])[0])
+    assert engine.max_active == 2  # never more calls at once than the engine allows
+    assert len(engine.threads_seen) == 2 and threading.get_ident() not in engine.threads_seen
+    assert batcher.load.lanes == 2
+    await batcher.stop()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+async def test_a_long_pass_holds_up_others_only_without_a_second_lane(lanes: int) -> None:
+    engine = _LengthPaced(max_batch=1, concurrency=lanes)
+    batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0))
+    batcher.start()
+    order: list[str] = []
+
+    async def run(name: str, seconds: float, priority: int) -> None:
+        await batcher.infer(_window(len(order), int(seconds * 16000)), priority)
+        order.append(name)
+
+    long = asyncio.create_task(run("long final", 3.0, 0))  # 0.3 s on a lane
+    await asyncio.sleep(0.02)  # it is running now
+    await asyncio.gather(long, run("short final", 0.5, 0))
+    assert order == (["long final", "short final"] if lanes == 1 else ["short final", "long final"])
+    await batcher.stop()

@@ -23,6 +23,7 @@ from streamer.batcher import BatcherConfig
 from streamer.cli import build_config, main
 from streamer.config import Limits, ModelSpec
 from streamer.engine.fake import ToneEngine, tone_phrase
+from streamer.errors import ConfigError
 from streamer.load import LoadTracker
 from streamer.server import STATE, EngineSaturated, ServerState
 from tests.test_server import (
@@ -47,11 +48,11 @@ from tests.test_server import (
 def test_load_tracker_measures_busy_time_and_queue_wait() -> None:
     tracker = LoadTracker(window_s=1.0)
     assert tracker.busy_fraction(now=100.0) == 0.0 and tracker.queue_wait(now=100.0) == 0.0
-    tracker.begin(0.2, now=100.0)
+    token = tracker.begin(0.2, now=100.0)
     assert tracker.busy_fraction(now=100.5) == pytest.approx(0.5)  # the running batch counts
-    tracker.end(now=100.6)
-    tracker.begin(0.4, now=100.7)
-    tracker.end(now=100.9)
+    tracker.end(token, now=100.6)
+    tracker.end(token, now=100.65)  # ending twice changes nothing
+    tracker.end(tracker.begin(0.4, now=100.7), now=100.9)
     assert tracker.busy_fraction(now=101.0) == pytest.approx(0.8)
     assert tracker.queue_wait(now=101.0) == pytest.approx(0.3)
     # Half a window later only what overlaps the window counts: 100.5-100.6 and 100.7-100.9.
@@ -60,6 +61,20 @@ def test_load_tracker_measures_busy_time_and_queue_wait() -> None:
     assert tracker.busy_fraction(now=103.0) == 0.0 and tracker.queue_wait(now=103.0) == 0.0
     tracker.begin(0.0, now=110.0)  # one batch longer than the window: fully busy
     assert tracker.busy_fraction(now=111.5) == 1.0
+
+
+def test_load_tracker_counts_each_lane() -> None:
+    # Two lanes: one batch running keeps half the capacity busy, two keep all of it.
+    tracker = LoadTracker(window_s=1.0, lanes=2)
+    first = tracker.begin(0.0, now=100.0)
+    assert tracker.busy_fraction(now=101.0) == pytest.approx(0.5)
+    second = tracker.begin(0.0, now=101.0)
+    assert tracker.busy_fraction(now=102.0) == pytest.approx(1.0)
+    tracker.end(first, now=102.0)
+    tracker.end(second, now=102.5)
+    assert tracker.busy_fraction(now=103.0) == pytest.approx(0.25)  # 102.0-102.5 on one of two lanes
+    with pytest.raises(ConfigError):
+        LoadTracker(lanes=0)
 
 
 def test_load_limits_from_flags_and_environment(capsys: pytest.CaptureFixture[str]) -> None:

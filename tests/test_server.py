@@ -673,6 +673,10 @@ def test_config_from_flags_and_environment(tmp_path: Path) -> None:
     assert default.models == (ModelSpec("en", "builtin:en"),) and default.port == 8000
     assert default.host == "127.0.0.1" and not default.api_keys
     assert build_config(["--endpointing-ms", "false"], {}).streaming.vad.endpoint_ms is None
+    assert default.streaming.vad.quiet_db == 30.0 and default.streaming.vad.early_final_ms == 200
+    assert build_config(["--vad-quiet-db", "off"], {}).streaming.vad.quiet_db is None
+    assert build_config([], {"STREAMER_VAD_QUIET_DB": "24"}).streaming.vad.quiet_db == 24.0
+    assert build_config(["--early-final-ms", "0"], {}).streaming.vad.early_final_ms == 0
 
 
 @pytest.mark.parametrize(
@@ -685,6 +689,9 @@ def test_config_from_flags_and_environment(tmp_path: Path) -> None:
         ["--max-streams", "0"],
         ["--idle-timeout", "-1"],
         ["--window-hop", "0"],
+        ["--vad-quiet-db", "-3"],
+        ["--vad-quiet-db", "loud"],
+        ["--early-final-ms", "-1"],
         ["--vad-aggressiveness", "7"],
         ["--endpointing-ms", "5"],
         ["--max-batch", "0"],

@@ -228,9 +228,9 @@ def test_partial_windows_superseded_by_the_final_pass_are_cancelled() -> None:
 
 
 def test_final_pass_starts_before_the_endpoint_and_waits_for_it() -> None:
-    session = _session(interim_results=False)
+    vad = VadConfig(early_final_full_s=0.5)  # the whole lead for this short phrase
+    session = _session(interim_results=False, vad=vad)
     phrase = speech([WORDS[:3]], pause_s=0.5)
-    vad = VadConfig()
     assert vad.endpoint_ms is not None
     early_ms = vad.endpoint_ms - vad.early_final_ms + 2 * vad.frame_ms  # past the early trigger
     lead = np.zeros(early_ms * 16, np.float32)
@@ -250,7 +250,7 @@ def test_final_pass_starts_before_the_endpoint_and_waits_for_it() -> None:
 
 
 def test_an_early_final_is_discarded_when_speech_resumes() -> None:
-    session = _session(interim_results=False)
+    session = _session(interim_results=False, vad=VadConfig(early_final_full_s=0.5))
     pause = np.zeros(int(0.35 * 16000), np.float32)  # longer than the early trigger, shorter than endpointing
     audio = np.concatenate(
         [speech([WORDS[:2]], pause_s=0.5)[:-8000], pause, speech([WORDS[2:4]], pause_s=0.6)[9600:]]

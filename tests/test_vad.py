@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from hypothesis import strategies as st
 from streamer.engine.fake import EnergyDetector
 from streamer.errors import ConfigError
 from streamer.transcribe import read_audio
-from streamer.vad import SegmentAudio, SegmentEnd, Segmenter, SegmentEvent, SegmentStart, VadConfig
+from streamer.vad import (
+    SegmentAudio,
+    SegmentEnd,
+    Segmenter,
+    SegmentEvent,
+    SegmentMayEnd,
+    SegmentStart,
+    VadConfig,
+)
 
 SR = 16000
 
@@ -134,3 +143,76 @@ def test_webrtcvad_finds_speech_in_a_real_recording(eval_data, frame_ms: int) ->
     assert last_end <= len(padded) - 0.8 * SR
     covered = sum(e - s for s, e, _, _ in segs)
     assert covered >= 0.7 * len(audio)
+
+
+class _HangoverDetector:
+    """Calls every frame with any sound speech, like webrtcvad on background noise and in its hangover."""
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        return bool(np.abs(frame).max() > 0)
+
+
+def _noise(seconds: float, amp: float, seed: int = 0) -> np.ndarray:
+    return (amp * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def _run_with(audio: np.ndarray, config: VadConfig) -> list[tuple[int, int, np.ndarray, str]]:
+    seg = Segmenter(config, _HangoverDetector())
+    events: list[SegmentEvent] = []
+    for i in range(0, len(audio), 480):
+        events += seg.push(audio[i : i + 480])
+    return _segments(events + seg.flush())
+
+
+def test_noise_far_below_the_speaker_ends_a_segment() -> None:
+    # Speech at about -17 dBFS, then background noise at about -54 dBFS that the detector calls speech.
+    audio = np.concatenate([_silence(0.3), _burst(1.0), _noise(2.0, 0.002), _burst(1.0), _noise(1.0, 0.002)])
+    gated = _run_with(audio, VadConfig())
+    assert [r for *_, r in gated] == ["silence", "silence"]
+    (_, e1, _, _), (s2, _, _, _) = gated
+    speech_end = int(1.3 * SR)
+    # Ends one endpoint (420 ms of 30 ms frames) after the speech, with the 200 ms tail kept.
+    assert speech_end + 0.2 * SR - 480 <= e1 <= speech_end + 0.2 * SR + 480
+    assert s2 >= int(3.3 * SR) - 0.3 * SR - 480  # the noise did not start a segment: speech did
+    # Without the level gate the noise is speech: one segment to the end.
+    assert [r for *_, r in _run_with(audio, VadConfig(quiet_db=None))] == ["flush"]
+
+
+def test_a_softer_speaker_is_heard_again_after_the_level_memory() -> None:
+    cfg = VadConfig(level_memory_s=2.0)
+    soft = _burst(1.0, amp=0.002)  # 40 dB below the loud speech before it
+    audio = np.concatenate([_burst(1.0), _silence(0.5), soft, _silence(3.0), soft, _silence(1.0)])
+    segs = _run_with(audio, cfg)
+    # The first soft burst comes within the memory of the loud speech: not speech. The second, after
+    # more than 2 s without speech, is.
+    assert len(segs) == 2
+    assert segs[1][0] >= int(5.5 * SR) - 0.3 * SR - 480
+    assert len(_run_with(audio, VadConfig(level_memory_s=10.0))) == 1  # still within a longer memory
+
+
+def test_webrtcvad_ends_at_a_real_pause_in_noisy_speech(eval_data) -> None:  # type: ignore[no-untyped-def]
+    # jfk.wav: "... my fellow Americans" then a 1.1 s pause (about 2.2-3.3 s) over crowd noise that
+    # webrtcvad calls speech, then "ask not what ...".
+    audio = read_audio(eval_data / "en" / "jfk.wav")
+    ends = [e / SR for _, e, _, r in _segments(_run(audio, VadConfig(), chunk=480, real=True))]
+    assert any(2.2 <= e <= 2.9 for e in ends)
+    plain = [e / SR for _, e, _, _ in _segments(_run(audio, VadConfig(quiet_db=None), chunk=480, real=True))]
+    assert not any(2.2 <= e <= 2.9 for e in plain)
+
+
+@pytest.mark.parametrize("speech_s", [1.0, 2.0, 5.0])
+def test_the_early_final_lead_grows_with_the_segment(speech_s: float) -> None:
+    cfg = VadConfig(endpoint_ms=420, early_final_ms=180, early_final_full_s=4.0)
+    seg = Segmenter(cfg, EnergyDetector())
+    audio = np.concatenate([_silence(0.3), _burst(speech_s), _silence(1.0)])
+    may_end_at = None
+    for i in range(0, len(audio), 480):
+        if any(isinstance(e, SegmentMayEnd) for e in seg.push(audio[i : i + 480])):
+            may_end_at = (i + 480) / SR
+    assert may_end_at is not None
+    segment_s = 0.3 + speech_s  # pre-roll (the whole leading silence here) and speech
+    lead = round(180 * min(1.0, segment_s / 4.0) / 30) * 0.03
+    speech_end = 0.3 + speech_s
+    # The pause frames are whole 30 ms frames from the one after the speech ends.
+    first_pause = math.ceil(speech_end / 0.03) * 0.03
+    assert may_end_at == pytest.approx(first_pause + 0.42 - lead, abs=0.031)

@@ -15,10 +15,11 @@ FloatArray = npt.NDArray[np.float32]
 class Engine(Protocol):
     """A CTC acoustic model.
 
-    Call `forward([w1, w2, ...])` with 16 kHz mono float32 windows (any lengths) from any thread but one
-    at a time (the batcher owns that thread); it returns one `(num_frames(len(w)), len(vocabulary))` float32
-    array of log-probabilities per window. Frame `j` of a window starting at sample `s` (a multiple of
-    `frame_samples`) is frame `s // frame_samples + j` of the whole signal.
+    Call `forward([w1, w2, ...])` with 16 kHz mono float32 windows (any lengths) from any thread, at most
+    `concurrency` calls at a time (the batcher owns those threads); it returns one
+    `(num_frames(len(w)), len(vocabulary))` float32 array of log-probabilities per window. Frame `j` of a
+    window starting at sample `s` (a multiple of `frame_samples`) is frame `s // frame_samples + j` of the
+    whole signal.
     """
 
     # Read-only properties, so that plain class or instance attributes of any compatible type satisfy them.
@@ -51,6 +52,14 @@ class Engine(Protocol):
     @property
     def max_batch(self) -> int:
         """Largest batch the engine takes in one call (1 for engines without a batch axis)."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """`forward` calls that may run at once from different threads (1: strictly one at a time).
+
+        More than 1 only for engines whose calls each use one core (model replicas): the batcher then
+        runs that many batches side by side, so a long final pass does not hold up other streams."""
         ...
 
     def num_frames(self, num_samples: int) -> int:

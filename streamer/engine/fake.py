@@ -43,12 +43,14 @@ class ToneEngine:
         self,
         *,
         max_batch: int = 8,
+        concurrency: int = 1,
         delay_s: float = 0.0,
         per_window_s: float = 0.0,
         fail: Callable[[Sequence[FloatArray]], bool] | None = None,
     ) -> None:
         self.vocabulary: list[str] = ["<pad>", "|", *LETTERS]
         self.max_batch = max_batch
+        self.concurrency = concurrency
         self._delay = delay_s
         self._per_window = per_window_s
         self._fail = fail
@@ -56,6 +58,9 @@ class ToneEngine:
         self.batch_sizes: list[int] = []
         self.samples_processed = 0
         self.threads_seen: set[int] = set()
+        self._active = 0
+        self.max_active = 0
+        """Most `forward` calls seen running at once."""
 
     def num_frames(self, num_samples: int) -> int:
         return conv_num_frames(num_samples, KERNELS, STRIDES)
@@ -65,11 +70,17 @@ class ToneEngine:
             self.batch_sizes.append(len(windows))
             self.samples_processed += sum(len(w) for w in windows)
             self.threads_seen.add(threading.get_ident())
-        if self._delay or self._per_window:
-            time.sleep(self._delay + self._per_window * len(windows))
-        if self._fail is not None and self._fail(windows):
-            raise RuntimeError("fake engine failure")
-        return [self._window(w) for w in windows]
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            if self._delay or self._per_window:
+                time.sleep(self._delay + self._per_window * len(windows))
+            if self._fail is not None and self._fail(windows):
+                raise RuntimeError("fake engine failure")
+            return [self._window(w) for w in windows]
+        finally:
+            with self._lock:
+                self._active -= 1
 
     def _window(self, audio: FloatArray) -> FloatArray:
         n = self.num_frames(len(audio))

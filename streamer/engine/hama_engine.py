@@ -4,8 +4,10 @@ Ships inside the `hama` package (numpy and a bundled CPU runtime, no hub), so th
 English offline out of the box. Demo grade: phonemes are spelled word by word, with no language model.
 `HamaEngine(replicas=N)` loads it; it behaves like any `Engine`.
 
-The runtime takes one window per call on one core and releases the GIL, so a "batch" here is run on
-`replicas` copies of the model in parallel threads: on a 2-core machine two windows cost the time of one.
+The runtime takes one window per call on one core and releases the GIL, so the engine holds `replicas`
+copies of the model and declares `concurrency = replicas`: the batcher runs that many calls side by side
+(one window each: batching buys nothing here), and a direct `forward` of several windows spreads them
+over the replicas.
 Each replica also spells the words of its window (phoneme-to-text, ~10 ms a word) while it is on the
 inference thread, so that `spell`, which sessions call on the event loop, mostly hits the cache.
 """
@@ -54,7 +56,8 @@ class HamaEngine:
         self._replicas.put(first)
         for _ in range(count - 1):
             self._replicas.put(_Replica())
-        self.max_batch = count
+        self.max_batch = 1  # no batch axis: parallel calls (concurrency) instead
+        self.concurrency = count
         self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="hama") if count > 1 else None
         asr = first.asr
         tokens = list(asr.decoder_tokens)

@@ -136,6 +136,7 @@ class TransformersCTCEngine:
     blank_id: int
     word_delimiter_id: int | None
     max_batch: int
+    concurrency = 1  # torch already spreads one call over every core (or the GPU)
 
     def __init__(
         self,
