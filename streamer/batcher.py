@@ -63,9 +63,9 @@ class BatchStats:
     skipped: int = 0
     audio_samples: int = 0
     busy_s: float = 0.0
-    """Wall time inside engine.forward."""
+    """Wall time inside engine.forward, summed over the lanes."""
     cpu_s: float = 0.0
-    """CPU time of the inference thread inside engine.forward."""
+    """CPU time of the inference threads inside engine.forward."""
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=BATCH_HISTORY))
     """Sizes of the most recent batches (bounded: a server runs for months)."""
 
@@ -150,20 +150,33 @@ class Batcher:
     async def _form_batch(
         self, queue: asyncio.PriorityQueue[tuple[int, int, _Item]], loop: asyncio.AbstractEventLoop
     ) -> list[_Item]:
-        """The next batch: the most urgent window, then whatever joins it within the wait."""
-        batch = [(await queue.get())[2]]
-        deadline = loop.time() + self.config.max_wait_ms / 1000
+        """The next batch: the most urgent window, then windows of the same priority that join it.
+
+        Finals (priority 0) take only the finals already queued and never wait: a final in a batch waits
+        for the whole batch, so a final batched with partial windows would pay for their compute too.
+        Partial windows wait up to `max_wait_ms` for company."""
+        priority, _, head = await queue.get()
+        batch = [head]
+        deadline = loop.time() + (self.config.max_wait_ms / 1000 if priority > 0 else 0.0)
         while len(batch) < self.max_batch:
             if not queue.empty():
-                batch.append(queue.get_nowait()[2])
+                entry = queue.get_nowait()
+                if entry[0] != priority:
+                    queue.put_nowait(entry)  # back where it was: its sequence number keeps its place
+                    break
+                batch.append(entry[2])
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                batch.append((await asyncio.wait_for(queue.get(), remaining))[2])
+                entry = await asyncio.wait_for(queue.get(), remaining)
             except TimeoutError:
                 break
+            if entry[0] != priority:
+                queue.put_nowait(entry)
+                break
+            batch.append(entry[2])
         return batch
 
     async def _lane(self, batch: list[_Item]) -> None:

@@ -107,7 +107,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "--max-busy",
         "STREAMER_MAX_BUSY",
         f"{_DEFAULT_LIMITS.max_busy_fraction:g}",
-        "refuse new streams (503, /readyz not ready) while a model's inference thread was busy more than "
+        "refuse new streams (503, /readyz not ready) while a model's inference lanes were busy more than "
         "this fraction of the last --load-window seconds; 1 refuses only when it was busy all the time",
         "FRACTION",
     ),
@@ -201,7 +201,13 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("--device", "STREAMER_DEVICE", "auto", "auto, cpu, cuda or cuda:N"),
     _Option("--dtype", "STREAMER_DTYPE", "auto", "auto, float32, bfloat16 or float16"),
-    _Option("--threads", "STREAMER_THREADS", None, "torch intra-op threads (default: torch's choice)"),
+    _Option(
+        "--threads",
+        "STREAMER_THREADS",
+        None,
+        "torch intra-op threads for transformers models (default: torch's choice); model replicas, one "
+        "window each at a time, for the built-in model (default: the cores, up to 4)",
+    ),
     _Option("--log-level", "STREAMER_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
 

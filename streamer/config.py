@@ -74,7 +74,7 @@ class Limits:
     - 100 MB pre-recorded bodies: about 50 minutes of 16 kHz 16-bit mono.
     - 8 windows in flight per stream before the receive loop waits: two partial windows plus finals on
       several channels, without one stream filling the batcher queue.
-    - Admission by measured load: new streams get 503 while the model's inference thread was busy 90% of
+    - Admission by measured load: new streams get 503 while the model's inference lanes were busy 90% of
       the last 10 s, or its windows waited 1 s on average in the queue. Below 90% busy an engine still
       keeps up with real time for the streams it has; above it, one more stream makes all of them late.
       A 10 s window smooths the bursts of final passes at utterance ends.

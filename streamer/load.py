@@ -1,4 +1,4 @@
-"""How busy one model's inference thread has been recently: the measure behind admission control.
+"""How busy one model's inference lanes have been recently: the measure behind admission control.
 
 The batcher reports each batch: `token = tracker.begin(waited_s)` when it starts on an inference thread
 (with how long its oldest window waited in the queue) and `tracker.end(token)` when it is done (or failed).

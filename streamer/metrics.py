@@ -95,7 +95,7 @@ class Metrics:
         self.tasks = Gauge("streamer_asyncio_tasks", "Tasks alive on the server's event loop.", registry=r)
         self.engine_busy = Gauge(
             "streamer_engine_busy_ratio",
-            "Share of the load window (--load-window) the model's inference thread was busy.",
+            "Share of the load window (--load-window) the model's inference lanes were busy (1: all).",
             ["model"],
             registry=r,
         )
@@ -134,7 +134,7 @@ class Metrics:
 class _EngineTime(Collector):
     """Counters read from each model's `BatchStats` when /metrics is scraped (the benchmarks diff them):
 
-    - `streamer_inference_cpu_seconds_total`: CPU time of the inference thread inside `engine.forward`.
+    - `streamer_inference_cpu_seconds_total`: CPU time of the inference threads inside `engine.forward`.
       Engines that fan a batch out to other threads (the built-in model's replicas, torch's intra-op
       pool) spend part of their CPU outside that thread, so this undercounts them; the load benchmark
       also reads per-thread CPU from /proc for that reason.
@@ -149,7 +149,7 @@ class _EngineTime(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = (
-            ("streamer_inference_cpu_seconds", "CPU seconds of the inference thread inside engine.forward."),
+            ("streamer_inference_cpu_seconds", "CPU seconds of the inference threads inside engine.forward."),
             ("streamer_inference_busy_seconds", "Wall seconds inside engine.forward."),
             ("streamer_model_audio_seconds", "Seconds of audio the model ran over (windows overlap)."),
             ("streamer_skipped_windows", "Windows skipped before inference (superseded or cancelled)."),

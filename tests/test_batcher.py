@@ -183,3 +183,17 @@ async def test_a_long_pass_holds_up_others_only_without_a_second_lane(lanes: int
     await asyncio.gather(long, run("short final", 0.5, 0))
     assert order == (["long final", "short final"] if lanes == 1 else ["short final", "long final"])
     await batcher.stop()
+
+
+async def test_a_final_is_never_batched_with_partial_windows() -> None:
+    engine = ToneEngine(max_batch=8, delay_s=0.05)
+    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=20))
+    batcher.start()
+    busy = asyncio.create_task(batcher.infer(_window(0), 1))
+    await asyncio.sleep(0.01)  # the engine is busy with it; the rest queue up meanwhile
+    partials = [asyncio.create_task(batcher.infer(_window(i), 1)) for i in range(1, 4)]
+    finals = [asyncio.create_task(batcher.infer(_window(i), 0)) for i in range(4, 6)]
+    await asyncio.gather(busy, *partials, *finals)
+    # The busy window alone, then the two finals together, then the three partial windows together.
+    assert engine.batch_sizes == [1, 2, 3]
+    await batcher.stop()
