@@ -17,15 +17,20 @@ def _window(seed: int, n: int = 8000) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
 
 
-async def test_concurrent_requests_are_batched_and_answered_correctly() -> None:
-    engine = ToneEngine(delay_s=0.02)
-    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
-    batcher.start()
-    windows = [_window(i) for i in range(40)]
+async def _answers_every_window_correctly(batcher: Batcher, count: int) -> None:
+    """Send `count` windows at once; each answer must be what the engine gives that window alone."""
+    windows = [_window(i) for i in range(count)]
     outs = await asyncio.gather(*(batcher.infer(w) for w in windows))
     reference = ToneEngine()
     for w, out in zip(windows, outs, strict=True):
         np.testing.assert_array_equal(out, reference.forward([w])[0])
+
+
+async def test_concurrent_requests_are_batched_and_answered_correctly() -> None:
+    engine = ToneEngine(delay_s=0.02)
+    batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
+    batcher.start()
+    await _answers_every_window_correctly(batcher, 40)
     assert max(batcher.stats.batch_sizes) == 8
     assert sum(batcher.stats.batch_sizes) == 40
     assert batcher.stats.batches < 40 / 2
@@ -156,11 +161,7 @@ async def test_lanes_run_batches_side_by_side() -> None:
     batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
     assert batcher.lanes == 2 and batcher.max_batch == 1
     batcher.start()
-    windows = [_window(i) for i in range(6)]
-    outs = await asyncio.gather(*(batcher.infer(w) for w in windows))
-    reference = ToneEngine()
-    for w, out in zip(windows, outs, strict=True):
-        np.testing.assert_array_equal(out, reference.forward([w])[0])
+    await _answers_every_window_correctly(batcher, 6)
     assert engine.max_active == 2  # never more calls at once than the engine allows
     assert len(engine.threads_seen) == 2 and threading.get_ident() not in engine.threads_seen
     assert batcher.load.lanes == 2
