@@ -192,7 +192,13 @@ _OPTIONS: tuple[_Option, ...] = (
         "speech detector: webrtc, energy (a loudness threshold, only for the fake:tone test engine), "
         "or auto (energy for fake: models, webrtc otherwise)",
     ),
-    _Option("--max-batch", "STREAMER_MAX_BATCH", str(_DEFAULT_BATCHER.max_batch), "windows per engine batch"),
+    _Option(
+        "--max-batch",
+        "STREAMER_MAX_BATCH",
+        "auto",
+        f"windows per model call; auto: {_DEFAULT_BATCHER.max_batch} on a GPU, 1 on a CPU (where a batch "
+        "costs the sum of its windows and finals would wait behind it)",
+    ),
     _Option(
         "--max-wait-ms",
         "STREAMER_MAX_WAIT_MS",
@@ -439,8 +445,10 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         final_pass=not no_final_pass,
         vad=vad,
     )
+    auto_batch = (values.get("max_batch")[1] or "auto").strip().lower() == "auto"
+    engine_batch = None if auto_batch else values.convert("max_batch", _int)
     batcher = BatcherConfig(
-        max_batch=values.convert("max_batch", _int),
+        max_batch=_DEFAULT_BATCHER.max_batch if engine_batch is None else engine_batch,
         max_wait_ms=values.convert("max_wait_ms", _float),
     )
     threads_source, threads_text = values.get("threads")
@@ -451,7 +459,7 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         device=values.convert("device", lambda _s, t: t.strip()),
         dtype=values.convert("dtype", lambda _s, t: t.strip()),
         threads=threads,
-        max_batch=batcher.max_batch,
+        max_batch=engine_batch,
     )
     vad_source, vad_text = values.get("vad")
     vad_choice = (vad_text or "auto").strip().lower()

@@ -229,6 +229,15 @@ def test_bad_settings(kwargs: dict, match: str, folders: dict) -> None:
         TransformersCTCEngine.load(str(folders["wav2vec2"]), **kwargs)
 
 
+def test_batch_size_defaults_to_one_window_on_a_cpu(folders: dict) -> None:
+    # On a CPU a batch costs the sum of its windows and finals wait behind it (see CPU_MAX_BATCH).
+    engine = TransformersCTCEngine.load(str(folders["wav2vec2"]), device="cpu", warmup=False)
+    try:
+        assert engine.max_batch == 1 and engine.concurrency == 1
+    finally:
+        engine.close()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_cuda_without_cuda(folders: dict) -> None:
     for device in ("cuda", "cuda:0"):

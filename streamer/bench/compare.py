@@ -18,9 +18,10 @@ Sections (`--sections`, comma-separated; default all):
   (`streamer.bench.sim`): model compute per second of speech, CPU, and partial/final latency.
 - `pocketsphinx`: CMU PocketSphinx (pip install pocketsphinx) in the same harness: WER against the
   references, CPU seconds per audio second, final latency, against the built-in model.
-- `batching`: our server with `--max-batch 1` against its default, capacity searched as
+- `batching`: our server with `--max-batch 1` against `--max-batch 16`, capacity searched as
   `python -m streamer.bench load --find-capacity` does, with a transformers model whose windows batch
-  (`--batching-model`, default the mid-size `base`).
+  (`--batching-model`, default the mid-size `base`); first, in-process, what a batch of 8 partial-window
+  sized windows costs against the same 8 one by one (the throughput batching can buy on this device).
 Ends with `compare: key=value ...`, every value a ratio or a WER (see `--help` of each figure's table).
 """
 
@@ -35,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from streamer import SAMPLE_RATE
 from streamer.batcher import Batcher, BatcherConfig
@@ -300,17 +303,20 @@ def compare_batching(
     model: str, data: Path, seconds: float, bound_s: float, max_streams: int, extra: list[str]
 ) -> tuple[str, dict[str, float]]:
     folder = _model_folder(model)
+    gain = batch_gain(folder)
     workload = load_bench.Workload.from_folder(data, "en", seconds)
     base = ["--model", f"en={folder}", *extra]
     off = asyncio.run(_capacity([*base, "--max-batch", "1"], workload, bound_s, max_streams))
-    on = asyncio.run(_capacity(base, workload, bound_s, max_streams))
+    on = asyncio.run(_capacity([*base, "--max-batch", "16"], workload, bound_s, max_streams))
     rows = [
+        f"batch gain: 8 windows of {GAIN_WINDOW_S:g} s in one call run {_num(gain, 2)}x faster than one by "
+        "one (the most throughput batching can add here)",
         f"batching: model {folder.name} (random weights, {' '.join(extra) or 'float32'}), {seconds:g} s of "
         "speech per stream, "
         f"held = final p95 <= {bound_s:g} s, nobody behind, nothing dropped",
         "--max-batch 1:",
         load_bench.capacity_table(off, bound_s),
-        "--max-batch default (16):",
+        "--max-batch 16:",
         load_bench.capacity_table(on, bound_s),
         f"capacity with batching {on.capacity} vs without {off.capacity}: "
         f"{_num(_ratio(on.capacity, off.capacity), 2)}x",
@@ -319,7 +325,36 @@ def compare_batching(
         "batching_capacity_on": float(on.capacity),
         "batching_capacity_off": float(off.capacity),
         "batching_capacity_ratio": _ratio(on.capacity, off.capacity),
+        "batch_gain_8": gain,
     }
+
+
+GAIN_WINDOW_S = 1.125
+"""A partial window of the default plan: 0.3 + 0.7 + 0.1 s plus the conv stack's look-ahead."""
+
+
+def batch_gain(folder: Path, size: int = 8, repeats: int = 3) -> float:
+    """Time of `size` windows run one by one over their time in one batched call (same engine)."""
+    from streamer.engine.transformers_ctc import TransformersCTCEngine
+
+    engine = TransformersCTCEngine.load(str(folder), device="cpu", dtype="float32", max_batch=size)
+    try:
+        rng = np.random.default_rng(0)
+        windows = [(0.1 * rng.standard_normal(int(GAIN_WINDOW_S * SAMPLE_RATE))).astype(np.float32)]
+        windows *= size
+        engine.forward(windows)  # warm both paths
+        started = time.perf_counter()
+        for _ in range(repeats):
+            engine.forward(windows)
+        batched = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for w in windows:
+                engine.forward([w])
+        single = time.perf_counter() - started
+    finally:
+        engine.close()
+    return single / batched
 
 
 # ---- command line -------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
-    max_batch: int = 16
+    max_batch: int | None = None
+    """Windows per model call; None: the engine's choice (transformers: 16 on a GPU, 1 on a CPU)."""
     warmup: bool = True
 
 
@@ -40,7 +41,7 @@ def load_engine(spec: str, options: EngineOptions | None = None, name: str | Non
     if spec in ("fake:tone", "fake"):
         from streamer.engine.fake import ToneEngine
 
-        return ToneEngine(max_batch=options.max_batch)
+        return ToneEngine(max_batch=options.max_batch or 16)
     from streamer.engine.transformers_ctc import TransformersCTCEngine
 
     return TransformersCTCEngine.load(

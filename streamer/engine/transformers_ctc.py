@@ -123,6 +123,15 @@ def _hub_error(model: str, offline: bool, cause: BaseException) -> ModelLoadErro
     )
 
 
+GPU_MAX_BATCH = 16
+CPU_MAX_BATCH = 1
+"""On a CPU a batch costs about the sum of its windows (measured here, 2 cores: 8 windows of 1.1 s in one
+call 1.15x faster than one by one for a 94M wav2vec2, no faster for a small one), while a final that
+arrives behind a batch waits for all of it: capacity was 9 streams one window at a time against 5 with
+batches of up to 16 (`python -m streamer.bench compare --sections batching`). A GPU runs a batch in about
+the time of one window, so there batching is what multiplies capacity."""
+
+
 class TransformersCTCEngine:
     """`Engine` over any `AutoModelForCTC` checkpoint; build it with `TransformersCTCEngine.load(...)`.
 
@@ -230,10 +239,12 @@ class TransformersCTCEngine:
         dtype: str = "auto",
         threads: int | None = None,
         warmup: bool = True,
-        max_batch: int = 16,
+        max_batch: int | None = None,
         name: str | None = None,
     ) -> TransformersCTCEngine:
         """Load a hub id or a `save_pretrained` folder.
+
+        `max_batch` None: 16 on a GPU, 1 on a CPU (`CPU_MAX_BATCH`, see there).
 
         Raises ConfigError for a bad device/dtype/threads/max_batch, ModelLoadError when the checkpoint
         cannot be found or is not a usable CTC model. With HF_HUB_OFFLINE=1 the network is never touched.
@@ -244,6 +255,8 @@ class TransformersCTCEngine:
         torch_dtype = resolve_dtype(dtype, torch_device)
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, not {threads}")
+        if max_batch is None:
+            max_batch = GPU_MAX_BATCH if torch_device.type == "cuda" else CPU_MAX_BATCH
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, not {max_batch}")
         path = Path(model).expanduser()
