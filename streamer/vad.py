@@ -65,7 +65,7 @@ class VadConfig:
     """After this long, a pause of `split_frames` unvoiced frames (shorter than endpointing) splits."""
     split_frames: int = 3
     quiet_db: float | None = 30.0
-    """Inside a segment, frames this far below the speech level are pauses; None: the detector alone."""
+    """Frames this far below the speech level are not speech (pauses, no onsets); None: the detector alone."""
     level_frames: int = 100
     """Voiced frames (the latest) whose level sets the speech level (its 90th percentile)."""
     level_memory_s: float = 10.0
