@@ -159,22 +159,18 @@ class Batcher:
         batch = [head]
         deadline = loop.time() + (self.config.max_wait_ms / 1000 if priority > 0 else 0.0)
         while len(batch) < self.max_batch:
-            if not queue.empty():
-                entry = queue.get_nowait()
-                if entry[0] != priority:
-                    queue.put_nowait(entry)  # back where it was: its sequence number keeps its place
+            if queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
                     break
-                batch.append(entry[2])
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                entry = await asyncio.wait_for(queue.get(), remaining)
-            except TimeoutError:
-                break
+                try:
+                    entry = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                entry = queue.get_nowait()
             if entry[0] != priority:
-                queue.put_nowait(entry)
+                queue.put_nowait(entry)  # back where it was: its sequence number keeps its place
                 break
             batch.append(entry[2])
         return batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -150,8 +151,6 @@ class _LengthPaced(ToneEngine):
     """Takes 0.1 s per second of audio in a call, like a real model (a long final pass is slow)."""
 
     def forward(self, windows):  # type: ignore[no-untyped-def]
-        import time
-
         time.sleep(0.1 * sum(len(w) for w in windows) / 16000)
         return super().forward(windows)
 
