@@ -1,4 +1,4 @@
-"""One error hierarchy for the whole server; the edge (server.py, cli.py) maps it to statuses and codes."""
+"""One error hierarchy for the whole server; the edge (server/, cli.py) maps it to statuses and codes."""
 
 from __future__ import annotations
 

@@ -18,12 +18,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import streamer.server
+import streamer.server.auth
 from streamer.bench.soak import ServerProcess
 from streamer.cli import build_config, main
 from streamer.config import Limits, ModelSpec, ServerConfig
 from streamer.engine.fake import ToneEngine
 from streamer.errors import ConfigError
-from streamer.server import STATE, AuthError, ServerState, _authorize
+from streamer.server import STATE, AuthError, ServerState
+from streamer.server.auth import authorize
 from tests.test_server import (
     _wav,
     config,
@@ -47,18 +49,18 @@ def test_keys_are_compared_in_constant_time_with_every_key(monkeypatch: pytest.M
     keys = {"k-short", "a-much-longer-key-0123456789abcdef", "middle-key-42", "zz-last-in-order"}
     state = _state(keys)
     compared: list[tuple[int, int]] = []
-    real = streamer.server.hmac.compare_digest
+    real = streamer.server.auth.hmac.compare_digest
 
     def counting(a: bytes, b: bytes) -> bool:
         compared.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(streamer.server.hmac, "compare_digest", counting)
+    monkeypatch.setattr(streamer.server.auth.hmac, "compare_digest", counting)
     for given in [*sorted(keys), "wrong", "k-shor", "a-much-longer-key-0123456789abcdef-and-more"]:
         compared.clear()
         request = make_mocked_request("GET", "/v1/listen", headers={"Authorization": f"Token {given}"})
         try:
-            assert _authorize(state, request) == given
+            assert authorize(state.config.api_keys, request) == given
         except AuthError:
             assert given not in keys
         # Every key, whichever matched or none; equal-length digests, so neither a key's length nor a

@@ -1,0 +1,36 @@
+"""The checks every request passes before a dialect looks at it: accepting, browser origin.
+
+Capacity (stream slots, per-key limits, the model's measured load) is taken with `ServerState.reserve`
+once the dialect knows the key and the model; `admit` runs first, with no await in between.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from streamer.config import normalise_origin
+from streamer.server.errors import ForbiddenOrigin, ShuttingDown
+
+if TYPE_CHECKING:
+    from streamer.server.state import ServerState
+
+
+def check_origin(allowed: frozenset[str], request: web.Request) -> None:
+    """Raise ForbiddenOrigin when origins are restricted and a browser page from another one asks.
+
+    Browsers always send Origin on a WebSocket handshake (and on cross-origin POSTs); other clients
+    usually send none, and a missing Origin is allowed: the check protects users' browsers from foreign
+    pages (which could otherwise use a browser's network position), not the server from clients.
+    """
+    origin = request.headers.get("Origin")
+    if allowed and origin is not None and normalise_origin(origin) not in allowed:
+        raise ForbiddenOrigin(f"origin {origin[:100]!r} is not allowed", "Origin")
+
+
+def admit(state: ServerState, request: web.Request) -> None:
+    """Raise ShuttingDown or ForbiddenOrigin; the dialect then authenticates and parses the request."""
+    if not state.accepting:
+        raise ShuttingDown("the server is shutting down")
+    check_origin(state.config.allowed_origins, request)

@@ -1,0 +1,118 @@
+"""The aiohttp application: routes, lifecycle, TLS and the serving loop.
+
+    app = create_app(config, engines={"en": ToneEngine()})  # engines injectable; None loads config.models
+    run(config)  # python -m streamer: load the models, serve, stop gracefully on SIGTERM
+
+Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/healthz`, `/readyz`,
+`/metrics`. Live streams of every dialect run through `streamer.server.live.LiveStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from streamer.config import ServerConfig
+from streamer.engine import Engine
+from streamer.errors import ConfigError
+from streamer.server import health
+from streamer.server.ingress import deepgram
+from streamer.server.prerecorded import listen_post
+from streamer.server.state import STATE, ServerState, load_engines
+from streamer.server.websocket import websocket_endpoint
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -> web.Application:
+    """The aiohttp application. `engines` maps model name -> Engine (tests inject fakes); None loads
+    `config.models` now (blocking) and the app closes them on cleanup."""
+    owns = engines is None
+    state = ServerState(config, load_engines(config) if engines is None else engines, owns_engines=owns)
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/v1/listen", websocket_endpoint(deepgram.accept))
+    app.router.add_post("/v1/listen", listen_post)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+
+    async def on_startup(app: web.Application) -> None:
+        await app[STATE].start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await app[STATE].shutdown()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app[STATE].close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _url(address: Sequence[object], scheme: str = "http") -> str:
+    host, port = str(address[0]), int(str(address[1]))
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from `config.tls_cert`/`tls_key` (None without TLS); raises ConfigError
+    when the files cannot be read or do not match. Pass it to `web.TCPSite(..., ssl_context=...)`."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {config.tls_cert} and its key: {exc}") from None
+    return context
+
+
+async def _serve(config: ServerConfig, engines: dict[str, Engine], tls: ssl.SSLContext | None = None) -> None:
+    app = create_app(config, engines)
+    # aiohttp's own handler drain only has to catch what our drain (on_shutdown) left behind.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+        await site.start()
+        log.info("listening on %s", _url(runner.addresses[0], "https" if tls is not None else "http"))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: signal.Signals) -> None:
+            if stop.is_set():
+                log.warning("%s again: already shutting down", signum.name)
+                return
+            log.info("%s received: shutting down", signum.name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await stop.wait()
+        # Drain while still listening, so that new handshakes get a clear 503 instead of a refused connection.
+        await app[STATE].shutdown()
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def run(config: ServerConfig, engines: dict[str, Engine] | None = None) -> None:
+    """Load the models, serve until SIGINT/SIGTERM, then stop gracefully. Raises StreamerError or OSError."""
+    tls = ssl_context(config)  # before the models load: a bad certificate fails at once
+    owned = engines is None
+    engines = load_engines(config) if engines is None else engines
+    try:
+        asyncio.run(_serve(config, engines, tls))
+    finally:
+        if owned:
+            for engine in engines.values():
+                engine.close()

@@ -1,0 +1,264 @@
+"""Per-app state: the served models (engine, batcher, identity), metrics, capacity and lifecycle.
+
+`ServerState(config, engines, owns_engines)`; `await start()`, `reserve()`/`release()` around every stream
+or request, `await shutdown()` (stop accepting, drain within the grace period; idempotent), `await close()`.
+`app[STATE]` holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from streamer import __version__
+from streamer.batcher import Batcher
+from streamer.config import ModelSpec, ServerConfig
+from streamer.engine import Engine, load_engine
+from streamer.errors import ConfigError, OverloadError
+from streamer.load import LoadTracker
+from streamer.metrics import Metrics
+from streamer.protocol import ModelIdentity, ModelInfo
+from streamer.server.errors import EngineSaturated, KeyLimitReached, ShuttingDown
+from streamer.vad import SpeechDetector
+
+if TYPE_CHECKING:
+    from streamer.server.live import LiveStream
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMESPACE = uuid.UUID("6f1d2a58-43a4-4d0e-9a57-8f9c3e0b7a11")
+
+
+@dataclass
+class ServedModel:
+    """One configured model: its engine, its batcher and how it is reported to clients."""
+
+    spec: ModelSpec
+    engine: Engine
+    batcher: Batcher
+    identity: ModelIdentity
+    energy_vad: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def detector_factory(self) -> Callable[[], SpeechDetector] | None:
+        if not self.energy_vad:
+            return None  # sessions build webrtcvad from the VAD config
+        from streamer.engine.fake import EnergyDetector
+
+        return EnergyDetector
+
+
+def load_engines(config: ServerConfig) -> dict[str, Engine]:
+    """Load every configured model (blocking). Raises ModelLoadError or ConfigError."""
+    engines: dict[str, Engine] = {}
+    try:
+        for spec in config.models:
+            log.info("loading model %s from %s", spec.name, spec.spec)
+            engines[spec.name] = load_engine(spec.spec, config.engine)
+    except BaseException:
+        for engine in engines.values():
+            engine.close()
+        raise
+    return engines
+
+
+def _public_arch(engine_name: str) -> str:
+    # An engine loaded from a folder is named by its path: clients get the folder's name, not our layout.
+    return Path(engine_name).name if Path(engine_name).exists() else engine_name
+
+
+@dataclass(eq=False)
+class Job:
+    """A live stream or pre-recorded request in progress: its handler task and how to ask it to end."""
+
+    task: asyncio.Task[object]
+    stop: Callable[[], None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def current(cls, stop: Callable[[], None] | None = None) -> Job:
+        task = asyncio.current_task()
+        assert task is not None, "only called from a request handler"
+        return cls(task, stop)
+
+
+async def _wait_all(jobs: Sequence[Job], timeout: float) -> None:
+    waiters = [asyncio.ensure_future(job.finished.wait()) for job in jobs]
+    _, pending = await asyncio.wait(waiters, timeout=timeout)
+    for waiter in pending:
+        waiter.cancel()
+
+
+class ServerState:
+    """Per-app state: models, metrics, live streams and the capacity counter."""
+
+    def __init__(self, config: ServerConfig, engines: dict[str, Engine], owns_engines: bool) -> None:
+        missing = [m.name for m in config.models if m.name not in engines]
+        if missing:
+            raise ConfigError(f"no engine given for model(s): {', '.join(missing)}")
+        self.config = config
+        self.metrics = Metrics()
+        self.models: dict[str, ServedModel] = {}
+        for spec in config.models:
+            engine = engines[spec.name]
+            self.models[spec.name] = ServedModel(
+                spec=spec,
+                engine=engine,
+                batcher=Batcher(
+                    engine,
+                    config.batcher,
+                    on_batch=self._batch_observer(spec.name),
+                    load=LoadTracker(config.limits.load_window_s, lanes=max(1, engine.concurrency)),
+                ),
+                identity=ModelIdentity(
+                    str(uuid.uuid5(MODEL_NAMESPACE, f"{spec.name}={spec.spec}")),
+                    ModelInfo(spec.name, __version__, _public_arch(engine.name)),
+                ),
+                energy_vad=config.uses_energy_vad(spec),
+            )
+            self.metrics.track_batcher(spec.name, self.models[spec.name].batcher.stats)
+        self.model_names = [m.name for m in config.models]
+        self._owns_engines = owns_engines
+        self.jobs: set[Job] = set()
+        """Live streams and pre-recorded requests in progress, which shutdown lets finish."""
+        self.active = 0
+        self.live: dict[str, LiveStream] = {}
+        """Live streams by request id, from the handshake until their handler has released everything
+        (tests and /metrics count them to show that nothing outlives its connection)."""
+        self._key_limits = dict(config.api_key_limits)
+        self.key_streams: dict[str, int] = {}
+        """Streams and requests in progress per API key that has its own limit."""
+        self.accepting = True
+        self.started = False
+        self._shutdown: asyncio.Task[None] | None = None
+
+    def _batch_observer(self, name: str) -> Callable[[int, float], None]:
+        def observe(size: int, seconds: float) -> None:
+            self.metrics.observe_batch(name, size, seconds)
+
+        return observe
+
+    # capacity: check and take a slot with no await in between, so concurrent handshakes cannot overshoot
+    def reserve(self, kind: str, model: str, key: str | None = None) -> None:
+        """Take a slot for a stream or request of `model` by API key `key` (None: auth off), or raise
+        ShuttingDown, OverloadError (max streams), KeyLimitReached or EngineSaturated."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down")
+        if self.active >= self.config.limits.max_streams:
+            raise OverloadError(f"all {self.config.limits.max_streams} streams are busy; retry later")
+        limit = self._key_limits.get(key) if key is not None else None
+        if key is not None and limit is not None and self.key_streams.get(key, 0) >= limit:
+            raise KeyLimitReached(f"this API key already has its limit of {limit} concurrent streams")
+        saturated = self.saturation(model)
+        if saturated is not None:
+            raise EngineSaturated(saturated)
+        self.active += 1
+        if key is not None and limit is not None:
+            self.key_streams[key] = self.key_streams.get(key, 0) + 1
+        self.metrics.active_streams.labels(kind).inc()
+
+    def release(self, kind: str, key: str | None = None) -> None:
+        self.active -= 1
+        if key is not None and key in self.key_streams:
+            self.key_streams[key] -= 1
+            if not self.key_streams[key]:
+                del self.key_streams[key]
+        self.metrics.active_streams.labels(kind).dec()
+
+    def saturation(self, model: str) -> str | None:
+        """Why `model` takes no more streams now (its engine's measured load is over a limit), or None."""
+        limits = self.config.limits
+        load = self.models[model].batcher.load.snapshot()
+        if load.busy_fraction >= limits.max_busy_fraction:
+            return (
+                f"model {model} is at capacity (engine busy {load.busy_fraction:.0%} of the last "
+                f"{load.window_s:g} s); retry later"
+            )
+        if load.queue_wait_s > limits.max_queue_wait_s:
+            return (
+                f"model {model} is at capacity (windows waited {load.queue_wait_s:.2f} s on average in "
+                "its queue); retry later"
+            )
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.started
+            and self.accepting
+            and self.active < self.config.limits.max_streams
+            and not any(self.saturation(name) for name in self.models)
+        )
+
+    def refresh_gauges(self) -> None:
+        """Bring the gauges that are read, not pushed (load, live sessions, tasks) up to date."""
+        metrics = self.metrics
+        metrics.live_sessions.set(len(self.live))
+        metrics.tasks.set(len(asyncio.all_tasks()))
+        for name, model in self.models.items():
+            snapshot = model.batcher.load.snapshot()
+            metrics.engine_busy.labels(name).set(snapshot.busy_fraction)
+            metrics.queue_wait.labels(name).set(snapshot.queue_wait_s)
+            metrics.queued_windows.labels(name).set(model.batcher.queued)
+            metrics.failed_batches.labels(name).set(model.batcher.stats.failed_batches)
+
+    async def start(self) -> None:
+        for model in self.models.values():
+            model.batcher.start()
+        self.started = True
+        for model in self.models.values():
+            log.info(
+                "model %s serves language %s: %s (%s, %s VAD)",
+                model.name,
+                model.spec.language,
+                model.spec.spec,
+                model.engine.name,
+                "energy" if model.energy_vad else "webrtc",
+            )
+        if self.config.auth_enabled:
+            log.info("authentication on: %d API key(s)", len(self.config.api_keys))
+        else:
+            log.warning("authentication off: the server is open to anyone who can reach it (see --api-key)")
+
+    async def shutdown(self) -> None:
+        """Stop accepting, flush every live stream (1012) within the grace period (idempotent)."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.get_running_loop().create_task(self._drain())
+        await self._shutdown
+
+    async def _drain(self) -> None:
+        self.accepting = False
+        jobs = list(self.jobs)
+        grace = self.config.limits.shutdown_grace_s
+        if not jobs:
+            return
+        log.info("shutting down: finishing %d stream(s) and request(s), grace %.1f s", len(jobs), grace)
+        for job in jobs:
+            if job.stop is not None:
+                job.stop()
+        await _wait_all(jobs, grace)
+        late = [job for job in jobs if not job.finished.is_set()]
+        if late:
+            log.warning("shutdown grace over: cancelling %d stream(s) and request(s)", len(late))
+            for job in late:
+                job.task.cancel()
+            await _wait_all(late, 1.0)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.batcher.stop()
+            if self._owns_engines:
+                model.engine.close()
+
+
+STATE: web.AppKey[ServerState] = web.AppKey("streamer_state", ServerState)
