@@ -21,9 +21,11 @@ from streamer.batcher import BatcherConfig
 from streamer.config import (
     DEFAULT_MODELS,
     VAD_CHOICES,
+    DeliveryConfig,
     Limits,
     ModelSpec,
     ServerConfig,
+    TelephonyConfig,
     VadChoice,
     normalise_origin,
 )
@@ -143,6 +145,45 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("--tls-cert", "STREAMER_TLS_CERT", None, "PEM certificate (chain) for HTTPS/wss://", "FILE"),
     _Option("--tls-key", "STREAMER_TLS_KEY", None, "PEM private key of --tls-cert", "FILE"),
+    _Option(
+        "--callback-url",
+        "STREAMER_CALLBACK_URL",
+        None,
+        "webhook that every stream posts its finals (and closing Metadata) to, unless it names its own "
+        "callback",
+        "URL",
+    ),
+    _Option(
+        "--callback-secret",
+        "STREAMER_CALLBACK_SECRET",
+        None,
+        "HMAC-SHA256 key that signs webhook posts (X-Streamer-Signature); prefer the variable: flags show "
+        "in process lists",
+        "SECRET",
+    ),
+    _Option(
+        "--callback-hosts",
+        "STREAMER_CALLBACK_HOSTS",
+        "",
+        "comma-separated hosts a client's callback parameter may name, * for any; empty refuses "
+        "client-given callbacks (400)",
+        "HOSTS",
+    ),
+    _Option(
+        "--twilio-auth-token",
+        "STREAMER_TWILIO_AUTH_TOKEN",
+        None,
+        "Twilio auth token: /twilio then requires a valid X-Twilio-Signature (prefer the variable)",
+        "TOKEN",
+    ),
+    _Option(
+        "--public-url",
+        "STREAMER_PUBLIC_URL",
+        None,
+        "wss://host[:port] that phone platforms dial, when a proxy in front changes the Host their "
+        "signatures cover",
+        "URL",
+    ),
     _Option(
         "--window-left", "STREAMER_WINDOW_LEFT", f"{_DEFAULT_PLAN.left_s:g}", "partial window left context, s"
     ),
@@ -466,6 +507,15 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     _check(
         vad_choice in VAD_CHOICES, vad_source, f"expected one of {', '.join(VAD_CHOICES)}, got {vad_text!r}"
     )
+    delivery = DeliveryConfig(
+        callback_url=values.get("callback_url")[1] or None,
+        callback_secret=values.get("callback_secret")[1] or None,
+        callback_hosts=frozenset(h.lower() for h in _split(values.get("callback_hosts")[1] or "")),
+    )
+    telephony = TelephonyConfig(
+        twilio_auth_token=values.get("twilio_auth_token")[1] or None,
+        public_url=(values.get("public_url")[1] or "").rstrip("/") or None,
+    )
     return ServerConfig(
         host=values.convert("host", lambda _s, t: t.strip()),
         port=port,
@@ -479,6 +529,8 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         streaming=streaming,
         batcher=batcher,
         engine=engine,
+        delivery=delivery,
+        telephony=telephony,
         vad=_vad_choice(vad_choice),
     )
 

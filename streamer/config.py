@@ -123,6 +123,73 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """Where transcripts go besides the stream's own connection: signed webhooks and watchers.
+
+    - `callback_url`: a webhook every stream posts its finals to unless it names its own (`callback`).
+    - `callback_secret`: HMAC-SHA256 key of the `X-Streamer-Signature` header; None sends unsigned posts.
+    - `callback_hosts`: hosts a client-given callback may name (`*`: any). Empty refuses client-given
+      callbacks: otherwise anyone who may open a stream could make the server post into its own network.
+    - 6 attempts per message with back-off from 0.5 s doubling to 8 s (about 15 s of outage ridden out),
+      5 s per attempt, 256 messages waiting per stream: interims are dropped first when it is full;
+      a final that cannot be delivered is counted in /metrics and logged.
+    - Watchers get the last 10 finals of a tag on joining and 64 queued messages before interims drop
+      (a watcher with twice that many finals unread is disconnected); at most 256 watchers.
+    """
+
+    callback_url: str | None = None
+    callback_secret: str | None = field(default=None, repr=False)
+    callback_hosts: frozenset[str] = frozenset()
+    callback_attempts: int = 6
+    callback_backoff_s: float = 0.5
+    callback_max_backoff_s: float = 8.0
+    callback_timeout_s: float = 5.0
+    callback_queue: int = 256
+    watch_history: int = 10
+    watch_queue: int = 64
+    max_watchers: int = 256
+
+    def __post_init__(self) -> None:
+        if self.callback_url is not None:
+            check_callback_url(self.callback_url, "callback URL")
+        if self.callback_attempts < 1:
+            raise ConfigError(f"callback attempts must be >= 1, got {self.callback_attempts}")
+        if not 0 < self.callback_backoff_s <= self.callback_max_backoff_s:
+            raise ConfigError("callback back-off must be > 0 and <= its maximum")
+        if not self.callback_timeout_s > 0:
+            raise ConfigError(f"callback timeout must be > 0 s, got {self.callback_timeout_s}")
+        if self.callback_queue < 1 or self.watch_queue < 1 or self.watch_history < 0 or self.max_watchers < 0:
+            raise ConfigError("callback and watch queues must hold >= 1 message, history >= 0")
+
+
+def check_callback_url(url: str, what: str) -> str:
+    """`url` if it is an absolute http(s) URL with a host, else ConfigError naming `what`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an http:// or https:// URL with a host, got {url[:100]!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class TelephonyConfig:
+    """Phone-platform dialects. `twilio_auth_token` validates `X-Twilio-Signature` on `/twilio`;
+    `public_url` (`wss://asr.example.com`) is the base URL the platform dials when a proxy in front of the
+    server changes the Host or scheme the signature was computed over."""
+
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.public_url is not None and not _PUBLIC_URL.match(self.public_url):
+            raise ConfigError(f"public URL must look like wss://host[:port], got {self.public_url!r}")
+
+
+_PUBLIC_URL = re.compile(r"^wss?://[^/\s]+$")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `streamer.server.run` and `create_app` need. `api_keys` empty = no authentication."""
 
@@ -142,6 +209,8 @@ class ServerConfig:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     engine: EngineOptions = field(default_factory=EngineOptions)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    telephony: TelephonyConfig = field(default_factory=TelephonyConfig)
     vad: VadChoice = "auto"
     """Speech detector: webrtc, energy (for the `fake:tone` test engine), or auto (energy for fake models)."""
 

@@ -86,6 +86,17 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.webhook_messages = Counter(
+            "streamer_webhook_messages",
+            "Webhook messages by kind (final: finals and closing Metadata; interim) and outcome: delivered, "
+            "failed (after every retry, or no room left: each also logged), dropped (interims only).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(
+            "streamer_webhook_retries", "Webhook posts retried after a failed attempt.", registry=r
+        )
+        self.watchers = Gauge("streamer_watchers", "Open /v1/watch connections.", registry=r)
         # Set when /metrics is read (ServerState.refresh_gauges): load, leaks and queues at a glance.
         self.live_sessions = Gauge(
             "streamer_live_sessions",

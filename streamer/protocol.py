@@ -16,11 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from streamer.audio import ENCODINGS, MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormat, Encoding
 from streamer.errors import RequestError
 from streamer.session import StreamingConfig
-from streamer.transcript import SpeechStarted, Transcript, UtteranceEnd
+from streamer.transcript import Event, SpeechStarted, Transcript, UtteranceEnd
+
+CALLBACK_INTERIMS = "callback_interim_results"
+"""Our parameter (not Deepgram's): post interim results to the callback too, not only finals."""
+MAX_TAG_CHARS = 128
 
 # Deepgram parameters we accept and ignore, so that existing clients connect unchanged (README lists them).
 LISTEN_PARAMS: frozenset[str] = frozenset(
@@ -35,6 +40,10 @@ LISTEN_PARAMS: frozenset[str] = frozenset(
         "endpointing",
         "utterance_end_ms",
         "vad_events",
+        "tag",
+        "callback",
+        "callback_method",
+        CALLBACK_INTERIMS,
     }
 )
 """Query parameters of /v1/listen that this server implements."""
@@ -42,8 +51,6 @@ LISTEN_PARAMS: frozenset[str] = frozenset(
 IGNORED_PARAMS: frozenset[str] = frozenset(
     {
         "alternatives",
-        "callback",
-        "callback_method",
         "detect_entities",
         "detect_language",
         "detect_topics",
@@ -65,7 +72,6 @@ IGNORED_PARAMS: frozenset[str] = frozenset(
         "search",
         "smart_format",
         "summarize",
-        "tag",
         "tier",
         "topics",
         "utterances",
@@ -138,6 +144,12 @@ class ListenParams:
     utterance_end_ms: int | None = None
     vad_events: bool = False
     requested_model: str | None = None
+    tag: str | None = None
+    """Watchers of this tag (`/v1/watch?tag=`) follow the stream."""
+    callback: str | None = None
+    """Webhook the stream's finals are posted to (checked against the server's allowed hosts)."""
+    callback_method: Literal["POST", "PUT"] = "POST"
+    callback_interims: bool = False
     ignored: tuple[str, ...] = ()
     """Known Deepgram parameters accepted without effect."""
     unknown: tuple[str, ...] = ()
@@ -209,6 +221,11 @@ def _resolve_language(query: Mapping[str, str], served: Sequence[str]) -> str:
     )
 
 
+def _is_http_url(text: str) -> bool:
+    parts = urlsplit(text.strip())
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.hostname is not None
+
+
 def _is_deepgram_model(name: str) -> bool:
     first = name.split("-", 1)[0]
     return first in DEEPGRAM_MODEL_FAMILIES or first.isdigit()
@@ -259,6 +276,16 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         query, "utterance_end_ms", MIN_UTTERANCE_END_MS, None, f"milliseconds >= {MIN_UTTERANCE_END_MS}"
     )
 
+    tag = query.get("tag")
+    if tag is not None and (not tag.isprintable() or not 0 < len(tag) <= MAX_TAG_CHARS):
+        raise ParamError(f"tag must be 1-{MAX_TAG_CHARS} printable characters", "tag", "text")
+    callback = query.get("callback")
+    if callback is not None and not _is_http_url(callback):
+        raise ParamError("callback must be an http:// or https:// URL with a host", "callback", "URL")
+    method = query.get("callback_method", "post").strip().upper()
+    if method not in ("POST", "PUT"):
+        raise ParamError(f"unsupported callback_method {method[:20]!r}", "callback_method", ["post", "put"])
+
     names = sorted(set(query.keys()))
     return ListenParams(
         model=model,
@@ -273,6 +300,10 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         utterance_end_ms=utterance_end_ms,
         vad_events=_bool(query, "vad_events", False),
         requested_model=requested,
+        tag=tag,
+        callback=callback,
+        callback_method="PUT" if method == "PUT" else "POST",
+        callback_interims=_bool(query, CALLBACK_INTERIMS, False),
         ignored=tuple(n for n in names if n in IGNORED_PARAMS),
         unknown=tuple(n for n in names if n not in IGNORED_PARAMS and n not in LISTEN_PARAMS),
     )
@@ -495,6 +526,21 @@ def _dumps(message: object) -> str:
     return json.dumps(asdict(message), ensure_ascii=False, separators=(",", ":"))  # type: ignore[call-overload]
 
 
+def with_stream(message: str, stream: str) -> str:
+    """`message` (a JSON object made by this module) with a `"stream"` field holding `stream`, a JSON
+    object from `stream_label`: how watchers and webhooks tell the streams they receive apart."""
+    return f'{message[:-1]},"stream":{stream}}}'
+
+
+def stream_label(stream_id: str, dialect: str, tag: str | None, call_id: str | None) -> str:
+    """The `"stream"` field of delivered messages: id, dialect, tag and call id (JSON text)."""
+    return json.dumps(
+        {"id": stream_id, "dialect": dialect, "tag": tag, "call_id": call_id},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
 def iso_time(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a `Z`, as Deepgram writes `created`."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -523,6 +569,19 @@ def results_message(transcript: Transcript, channels: int, model: ModelIdentity,
         metadata=ResultsMetadata(request_id, model.info, model.uuid),
     )
     return _dumps(message)
+
+
+def event_message(
+    event: Event, channels: int, model: ModelIdentity, request_id: str, vad_events: bool
+) -> str | None:
+    """The message a transcript event becomes on /v1/listen (None: SpeechStarted without `vad_events`)."""
+    if isinstance(event, Transcript):
+        return results_message(event, channels, model, request_id)
+    if isinstance(event, SpeechStarted):
+        return speech_started_message(event, channels) if vad_events else None
+    if isinstance(event, UtteranceEnd):
+        return utterance_end_message(event, channels)
+    return None
 
 
 def speech_started_message(event: SpeechStarted, channels: int) -> str:

@@ -100,7 +100,31 @@ def test_ignored_and_unknown_params_are_accepted() -> None:
     p = parse(punctuate="true", smart_format="true", diarize="true", keywords="x:2", foo="bar")
     assert p.ignored == ("diarize", "keywords", "punctuate", "smart_format")
     assert p.unknown == ("foo",)
-    assert {"punctuate", "smart_format", "diarize", "tag", "redact", "mip_opt_out"} <= IGNORED_PARAMS
+    assert {"punctuate", "smart_format", "diarize", "redact", "mip_opt_out"} <= IGNORED_PARAMS
+    # tag, callback and callback_method are implemented now (watchers, webhooks).
+    assert not {"tag", "callback", "callback_method"} & IGNORED_PARAMS
+
+
+def test_tag_and_callback_params() -> None:
+    p = parse(tag="desk-4", callback="https://crm.example/hook", callback_method="put")
+    assert (p.tag, p.callback, p.callback_method, p.callback_interims) == (
+        "desk-4",
+        "https://crm.example/hook",
+        "PUT",
+        False,
+    )
+    assert parse(callback_interim_results="true").callback_interims
+    for query, param in (
+        ({"tag": ""}, "tag"),
+        ({"tag": "x" * 129}, "tag"),
+        ({"tag": "a\nb"}, "tag"),
+        ({"callback": "ftp://x/y"}, "callback"),
+        ({"callback": "/relative"}, "callback"),
+        ({"callback_method": "get"}, "callback_method"),
+    ):
+        with pytest.raises(ParamError) as info:
+            parse(**query)
+        assert info.value.param == param
 
 
 @pytest.mark.parametrize(

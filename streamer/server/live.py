@@ -23,7 +23,14 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from streamer.errors import StreamerError
-from streamer.protocol import ListenParams, StreamSummary
+from streamer.protocol import (
+    ListenParams,
+    StreamSummary,
+    event_message,
+    metadata_message,
+    stream_label,
+    with_stream,
+)
 from streamer.runner import StreamRunner
 from streamer.server.ingress.base import (
     Accepted,
@@ -41,6 +48,8 @@ from streamer.server.outbox import Outbox, Outgoing
 from streamer.server.state import Job, ServedModel, ServerState
 from streamer.server.timed_stream import TimedStream
 from streamer.server.transport import Connection, Frame
+from streamer.server.watch import stream_key, tag_key
+from streamer.server.webhooks import WebhookQueue
 from streamer.transcript import Event, Transcript
 
 log = logging.getLogger(__name__)
@@ -91,6 +100,10 @@ class LiveStream:
         self._opened = time.monotonic()
         self._late_bytes = 0
         """Audio received after the end of audio (not transcribed; the close code says so)."""
+        self._label = ""
+        self._watch_keys: list[str] = []
+        self._callback: str | None = None
+        self._webhook: WebhookQueue | None = None
         if accepted.params is not None:
             self._start(accepted.params)
 
@@ -112,6 +125,12 @@ class LiveStream:
         )
         self.runner = StreamRunner(self.stream, self.model.batcher, self._on_event, self._on_error, self.id)
         self.info = StreamInfo(self.id, params, self.model.identity)
+        if params.callback is not None:
+            state.webhooks.check_url(params.callback)
+        self._callback = params.callback or state.config.delivery.callback_url
+        self._label = stream_label(self.id, self.dialect.name, params.tag, self.call_id)
+        ids = [self.id] if self.call_id is None else [self.id, self.call_id]
+        self._watch_keys = [stream_key(i) for i in ids] + ([tag_key(params.tag)] if params.tag else [])
         self._bytes_per_second = params.audio_format.bytes_per_second()
         self._out.on_drop = state.metrics.interims_dropped.labels(self.model.name).inc
 
@@ -150,6 +169,8 @@ class LiveStream:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLOSE_TIMEOUT_S):
                         await self.conn.close(code, reason)
+            if self._webhook is not None:
+                self._webhook.close()  # it delivers what is queued on its own
             state.jobs.discard(job)
             state.live.pop(self.id, None)
             state.release("live", self.key)
@@ -356,7 +377,9 @@ class LiveStream:
             elif end.kind == "engine_error":
                 self._send_optional(self.dialect.failed(f"transcription failed: {end.detail}"))
             elif end.flushes and self.stream is not None:
-                self._send_optional(self.dialect.finished(self.summary()))
+                summary = self.summary()
+                self._send_optional(self.dialect.finished(summary))
+                self._deliver(metadata_message(summary), "other", must_deliver=True)
             self._out.put_nowait(None)
             # A client that stopped reading must not hold the stream (or the shutdown) forever.
             _, pending = await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
@@ -416,14 +439,50 @@ class LiveStream:
 
     def _on_event(self, event: Event) -> None:
         assert self.info is not None and self.stream is not None
-        text = self.dialect.outbound(event, self.info)
-        if text is None:
-            return
+        kind: Literal["partial", "final", "other"] = "other"
+        channel = 0
         if isinstance(event, Transcript):
-            kind: Literal["partial", "final"] = "final" if event.is_final else "partial"
-            self._out.put_nowait(Outgoing(text, kind, self.stream.events_origin, event.channel))
-        else:
-            self._send(text)
+            kind = "final" if event.is_final else "partial"
+            channel = event.channel
+        text = self.dialect.outbound(event, self.info)
+        if text is not None:
+            self._out.put_nowait(
+                Outgoing(text, kind, self.stream.events_origin if kind != "other" else None, channel)
+            )
+        self._deliver_event(event, kind, channel)
+
+    # ---- deliveries: watchers and the webhook, in Deepgram's format whatever the dialect ----
+
+    def _deliver_event(self, event: Event, kind: Literal["partial", "final", "other"], channel: int) -> None:
+        assert self.info is not None
+        params = self.info.params
+        to_webhook = self._callback is not None and (
+            kind == "final" or (kind == "partial" and params.callback_interims)
+        )
+        # Finals are always encoded: a watcher who joins later gets the last few.
+        if kind != "final" and not to_webhook and not self.state.watch.watched(self._watch_keys):
+            return
+        text = event_message(event, self.info.channels, self.info.model, self.id, params.vad_events)
+        if text is not None:
+            self._deliver(text, kind, must_deliver=kind == "final", channel=channel, to_webhook=to_webhook)
+
+    def _deliver(
+        self,
+        text: str,
+        kind: Literal["partial", "final", "other"],
+        must_deliver: bool,
+        channel: int = 0,
+        to_webhook: bool = True,
+    ) -> None:
+        if not self._watch_keys:
+            return  # never started
+        text = with_stream(text, self._label)
+        self.state.watch.publish(self._watch_keys, text, kind, channel)
+        if to_webhook and self._callback is not None:
+            if self._webhook is None:
+                method = self.params.callback_method if self.params is not None else "POST"
+                self._webhook = self.state.webhooks.open(self.id, self._callback, method)
+            self._webhook.put(text, must_deliver)
 
     def _on_error(self, exc: Exception) -> None:
         self.state.metrics.engine_failures.labels(self.model.name).inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from streamer.load import LoadTracker
 from streamer.metrics import Metrics
 from streamer.protocol import ModelIdentity, ModelInfo
 from streamer.server.errors import EngineSaturated, KeyLimitReached, ShuttingDown
+from streamer.server.watch import WatchHub
+from streamer.server.webhooks import Webhooks
 from streamer.vad import SpeechDetector
 
 if TYPE_CHECKING:
@@ -138,6 +141,11 @@ class ServerState:
         self._key_limits = dict(config.api_key_limits)
         self.key_streams: dict[str, int] = {}
         """Streams and requests in progress per API key that has its own limit."""
+        delivery = config.delivery
+        self.watch = WatchHub(
+            delivery.watch_history, delivery.watch_queue, delivery.max_watchers, self.metrics
+        )
+        self.webhooks = Webhooks(delivery, self.metrics)
         self.accepting = True
         self.started = False
         self._shutdown: asyncio.Task[None] | None = None
@@ -215,6 +223,7 @@ class ServerState:
     async def start(self) -> None:
         for model in self.models.values():
             model.batcher.start()
+        await self.webhooks.start()
         self.started = True
         for model in self.models.values():
             log.info(
@@ -227,6 +236,11 @@ class ServerState:
             )
         if self.config.auth_enabled:
             log.info("authentication on: %d API key(s)", len(self.config.api_keys))
+            if self.config.telephony.twilio_auth_token is None:
+                log.warning(
+                    "/twilio takes only requests with an API key, which Twilio cannot send: set "
+                    "--twilio-auth-token to accept Twilio's signed requests"
+                )
         else:
             log.warning("authentication off: the server is open to anyone who can reach it (see --api-key)")
 
@@ -238,6 +252,13 @@ class ServerState:
 
     async def _drain(self) -> None:
         self.accepting = False
+        started = time.monotonic()
+        await self._drain_jobs()
+        self.watch.close_all()  # after the streams' last finals
+        left = self.config.limits.shutdown_grace_s - (time.monotonic() - started)
+        await self.webhooks.drain(max(left, 0.5))
+
+    async def _drain_jobs(self) -> None:
         jobs = list(self.jobs)
         grace = self.config.limits.shutdown_grace_s
         if not jobs:
@@ -255,6 +276,8 @@ class ServerState:
             await _wait_all(late, 1.0)
 
     async def close(self) -> None:
+        self.watch.close_all()
+        await self.webhooks.close()
         for model in self.models.values():
             await model.batcher.stop()
             if self._owns_engines:

@@ -20,11 +20,9 @@ from streamer.protocol import (
     configure_reply,
     decode_control,
     error_message,
+    event_message,
     metadata_message,
     parse_listen_params,
-    results_message,
-    speech_started_message,
-    utterance_end_message,
 )
 from streamer.server.auth import authorize, offered_protocols
 from streamer.server.ingress.base import (
@@ -39,7 +37,7 @@ from streamer.server.ingress.base import (
     StreamInfo,
 )
 from streamer.server.state import ServerState
-from streamer.transcript import Event, SpeechStarted, Transcript, UtteranceEnd
+from streamer.transcript import Event
 
 
 class DeepgramDialect(Dialect):
@@ -69,13 +67,7 @@ class DeepgramDialect(Dialect):
         return []  # KeepAlive: receiving it already reset the idle timer
 
     def outbound(self, event: Event, info: StreamInfo) -> str | None:
-        if isinstance(event, Transcript):
-            return results_message(event, info.channels, info.model, info.id)
-        if isinstance(event, SpeechStarted):
-            return speech_started_message(event, info.channels) if info.params.vad_events else None
-        if isinstance(event, UtteranceEnd):
-            return utterance_end_message(event, info.channels)
-        return None
+        return event_message(event, info.channels, info.model, info.id, info.params.vad_events)
 
     def finished(self, summary: StreamSummary) -> str | None:
         return metadata_message(summary)
