@@ -11,6 +11,7 @@ BENCHMARKS = {
     "rtf": "streamer.bench.rtf",
     "models": "streamer.bench.models",
     "soak": "streamer.bench.soak",
+    "telephone": "streamer.bench.telephone",
 }
 
 

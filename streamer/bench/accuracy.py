@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from streamer.audio import AudioFormat, float_to_linear16
+import numpy as np
+import soundfile as sf
+import soxr
+
+from streamer.audio import MULAW_TABLE, AudioFormat, encode_mulaw, float_to_linear16
 from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench.data import Clip, join_with_pauses, load_manifest, normalise, wer
 from streamer.ctc import FloatArray
@@ -40,18 +44,56 @@ class StreamResult:
     partial, and between partials (the wait for the final after speech ends is endpointing, not speech)."""
 
 
+@dataclass(frozen=True)
+class Wire:
+    """How clips reach the server: 16 kHz linear16 (the default) or 8 kHz mu-law (`--telephone`, what a
+    phone network delivers). `clip_audio` is a clip at the wire's rate, `to_model` the same audio as the
+    model's 16 kHz input for the offline pass, `encode` the bytes a client sends."""
+
+    telephone: bool = False
+
+    @property
+    def format(self) -> AudioFormat:
+        return AudioFormat("mulaw", 8000) if self.telephone else AudioFormat()
+
+    def clip_audio(self, clip: Clip) -> FloatArray:
+        if not self.telephone:
+            return clip.audio()
+        data, rate = sf.read(str(clip.path), dtype="float32", always_2d=True)
+        mono = data.mean(axis=1).astype(np.float32)
+        if rate != 8000:
+            mono = soxr.resample(mono, rate, 8000, quality="HQ").astype(np.float32)
+        # Through the phone network's codec once, as a caller's audio arrives.
+        return MULAW_TABLE[np.frombuffer(encode_mulaw(mono), dtype=np.uint8)]
+
+    def to_model(self, audio: FloatArray) -> FloatArray:
+        if not self.telephone:
+            return audio
+        return soxr.resample(audio, 8000, 16000, quality="HQ").astype(np.float32)
+
+    def encode(self, audio: FloatArray) -> bytes:
+        return encode_mulaw(audio) if self.telephone else float_to_linear16(audio)
+
+
 async def stream_transcript(
-    engine: Engine, batcher: Batcher, audio: FloatArray, config: StreamingConfig, seed: int
+    engine: Engine,
+    batcher: Batcher,
+    audio: FloatArray,
+    config: StreamingConfig,
+    seed: int,
+    wire: Wire = Wire(),
 ) -> StreamResult:
-    """Feed `audio` as linear16 in random 20-100 ms frames through the real streaming path."""
+    """Feed `audio` (at the wire's rate) in random 20-100 ms frames through the real streaming path."""
     events: list[tuple[float, Event]] = []
-    stream = Stream(engine, config, AudioFormat())
+    fmt = wire.format
+    stream = Stream(engine, config, fmt)
     runner = StreamRunner(stream, batcher, lambda e: events.append((stream.duration, e)))
-    data = float_to_linear16(audio)
+    data = wire.encode(audio)
+    bytes_per_ms = fmt.bytes_per_second() // 1000
     rng = random.Random(seed)
     pos = 0
     while pos < len(data):
-        n = 2 * 16 * rng.randint(20, 100)
+        n = bytes_per_ms * rng.randint(20, 100)
         runner.feed(data[pos : pos + n])
         pos += n
         await runner.wait_idle()  # simulated time: the engine keeps up with real time
@@ -88,28 +130,36 @@ class Row:
 
 
 async def evaluate(
-    engine: Engine, clips: list[Clip], config: StreamingConfig, *, long_stream: bool, seed: int, verbose: bool
+    engine: Engine,
+    clips: list[Clip],
+    config: StreamingConfig,
+    *,
+    long_stream: bool,
+    seed: int,
+    verbose: bool,
+    wire: Wire = Wire(),
 ) -> tuple[list[Row], Row | None]:
     batcher = Batcher(engine, BatcherConfig())
     batcher.start()
     rows: list[Row] = []
     audios = []
     try:
+        rate = wire.format.sample_rate
         for i, clip in enumerate(clips):
-            audio = clip.audio()
+            audio = wire.clip_audio(clip)
             audios.append(audio)
-            offline = offline_transcript(engine, audio, config)
-            result = await stream_transcript(engine, batcher, audio, config, seed + i)
-            rows.append(Row(clip.name, len(audio) / 16000, clip.transcript, offline, result.text, result))
+            offline = offline_transcript(engine, wire.to_model(audio), config)
+            result = await stream_transcript(engine, batcher, audio, config, seed + i, wire)
+            rows.append(Row(clip.name, len(audio) / rate, clip.transcript, offline, result.text, result))
             if verbose:
                 print(f"  [{i + 1}/{len(clips)}] {clip.name}", file=sys.stderr, flush=True)
         joined_row = None
         if long_stream and clips:
-            joined = join_with_pauses(audios, seed=seed)
-            offline = offline_transcript(engine, joined, config)
-            result = await stream_transcript(engine, batcher, joined, config, seed)
+            joined = join_with_pauses(audios, seed=seed, rate=rate)
+            offline = offline_transcript(engine, wire.to_model(joined), config)
+            result = await stream_transcript(engine, batcher, joined, config, seed, wire)
             reference = " ".join(c.transcript for c in clips)
-            joined_row = Row("long-stream", len(joined) / 16000, reference, offline, result.text, result)
+            joined_row = Row("long-stream", len(joined) / rate, reference, offline, result.text, result)
     finally:
         await batcher.stop()
     return rows, joined_row
@@ -162,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=0, help="use only the first N clips (0: all)")
     parser.add_argument("--no-long-stream", action="store_true", help="skip the joined long-stream case")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--telephone",
+        action="store_true",
+        help="send the clips as 8 kHz mu-law, as a phone network does (offline: the same audio upsampled)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_streaming_flags(parser)
     args = parser.parse_args(argv)
@@ -176,13 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows, joined = asyncio.run(
         evaluate(
-            engine, clips, config, long_stream=not args.no_long_stream, seed=args.seed, verbose=not args.quiet
+            engine,
+            clips,
+            config,
+            long_stream=not args.no_long_stream,
+            seed=args.seed,
+            verbose=not args.quiet,
+            wire=Wire(args.telephone),
         )
     )
     plan = config.partial_plan
     print(
         f"model={engine.name} windows(left/hop/right)={plan.left_s}/{plan.hop_s}/{plan.right_s}s "
-        f"final_pass={config.final_pass} commit_after={config.commit_after_s or 'off'}"
+        f"final_pass={config.final_pass} commit_after={config.commit_after_s or 'off'} "
+        f"wire={'mulaw/8000' if args.telephone else 'linear16/16000'}"
     )
     print(f"{'clip':<28} {'seconds':>7} {'off_wer':>8} {'str_wer':>8} {'s_vs_o':>8} {'comp':>6} {'gap':>6}")
     for row in rows:

@@ -68,14 +68,20 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 
 def join_with_pauses(
-    clips: list[FloatArray], *, seed: int = 0, min_s: float = 0.3, max_s: float = 2.0, noise: float = 0.002
+    clips: list[FloatArray],
+    *,
+    seed: int = 0,
+    min_s: float = 0.3,
+    max_s: float = 2.0,
+    noise: float = 0.002,
+    rate: int = 16000,
 ) -> FloatArray:
     """One long stream: the clips with 0.3-2 s pauses of silence or low noise between them (and around)."""
     rng = np.random.default_rng(seed)
     parts: list[FloatArray] = []
     for clip in clips:
-        n = int(rng.uniform(min_s, max_s) * 16000)
+        n = int(rng.uniform(min_s, max_s) * rate)
         pause = (noise * rng.standard_normal(n)) if rng.random() < 0.5 else np.zeros(n)
         parts += [pause.astype(np.float32), clip]
-    parts.append(np.zeros(16000, np.float32))
+    parts.append(np.zeros(rate, np.float32))
     return np.concatenate(parts).astype(np.float32)
