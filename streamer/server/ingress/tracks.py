@@ -5,8 +5,8 @@ each with its place in the call. `TrackAligner(tracks, silence)`: `add(track, po
 `position` in samples from the start of the call; `take()` returns the interleaved bytes ready so far;
 `flush()` pads the shorter tracks with silence at the end. A gap in a track's positions is filled with
 silence, so that channel times stay the call's times; audio that overlaps what a track already has is
-trimmed. A track that falls more than `max_lag` samples behind the others is padded with silence so that
-the others are never held back longer (its late audio is then trimmed as overlap).
+trimmed. A track that falls more than `max_lag` samples behind the others is padded with silence up to that lag,
+so the others are never held back longer (its audio that comes later still is trimmed as overlap).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class TrackAligner:
         lead = max(self._position)
         for other, reached in enumerate(self._position):
             if lead - reached > self.max_lag:
-                self._pad(other, lead - reached)
-                self.filled += lead - reached
+                # Hold the others back by at most max_lag: the late track may still catch up within it.
+                self._pad(other, lead - self.max_lag - reached)
+                self.filled += lead - self.max_lag - reached
 
     def _pad(self, track: int, count: int) -> None:
         self._pending[track] += bytes([self.silence]) * count
