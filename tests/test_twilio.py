@@ -233,3 +233,23 @@ async def test_oversized_frame_and_idle_call() -> None:
             await ws.send(twilio_start(["inbound"], {}))
             await collect(ws)  # no media: the idle timeout ends the call
             assert ws.close_code == 1011
+
+
+async def test_hangup_without_stop_still_delivers_the_finals() -> None:
+    receiver = Receiver()
+    await receiver.start()
+    delivery = DeliveryConfig(callback_url=receiver.url, callback_backoff_s=0.05)
+    try:
+        async with serve(config(delivery=delivery)) as server, asyncio.timeout(30):
+            ws = await connect(twilio_url(server.port))
+            audio = mulaw_8k(call_audio((0.3, ["abc", "bad"]), (0.2, None)))
+            await ws.send(twilio_start(["inbound"], {}, call_sid="CA-hangup"))
+            for offset in range(0, len(audio), FRAME):
+                chunk = base64.b64encode(audio[offset : offset + FRAME]).decode()
+                media = {"track": "inbound", "timestamp": str(offset // 8), "payload": chunk}
+                await ws.send(json.dumps({"event": "media", "media": media}))
+            await ws.close()  # the caller hangs up: no stop message
+            await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts))
+    finally:
+        await receiver.stop()
+    assert words(receiver.finals(stream="CA-hangup")) == ["abc", "bad"]

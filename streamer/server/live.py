@@ -365,18 +365,22 @@ class LiveStream:
             # Keep reading while the finals are made: audio sent after the end is not transcribed, and the
             # close code then says so instead of dropping it silently.
             late = asyncio.get_running_loop().create_task(self._read_after_end(), name=f"late-{self.id}")
+        # A client that hangs up without ending the stream gets nothing more, but a webhook or watchers of
+        # the stream still get the finals of what it sent (a phone call that just hangs up).
+        flush = end.flushes or (end.kind == "client_closed" and self._delivers_elsewhere())
         try:
-            if end.flushes and self.runner is not None:
+            if flush and self.runner is not None:
                 await self.runner.finish()
                 if self.runner.error is not None:
                     end = End("engine_error", str(self.runner.error))
-            if not end.flushes and self.runner is not None:
+                    flush = False
+            if not flush and self.runner is not None:
                 await self.runner.cancel()
             if end.kind == "slow_client":
                 self._client_gone = True  # drop what is queued; the connection is not draining anyway
             elif end.kind == "engine_error":
                 self._send_optional(self.dialect.failed(f"transcription failed: {end.detail}"))
-            elif end.flushes and self.stream is not None:
+            elif flush and self.stream is not None:
                 summary = self.summary()
                 self._send_optional(self.dialect.finished(summary))
                 self._deliver(metadata_message(summary), "other", must_deliver=True)
@@ -452,6 +456,11 @@ class LiveStream:
         self._deliver_event(event, kind, channel)
 
     # ---- deliveries: watchers and the webhook, in Deepgram's format whatever the dialect ----
+
+    def _delivers_elsewhere(self) -> bool:
+        """Whether the stream's results have consumers besides its own connection."""
+        tagged = self.params is not None and self.params.tag is not None
+        return self._callback is not None or tagged or self.state.watch.watched(self._watch_keys)
 
     def _deliver_event(self, event: Event, kind: Literal["partial", "final", "other"], channel: int) -> None:
         assert self.info is not None
