@@ -5,8 +5,8 @@ each with its place in the call. `TrackAligner(tracks, silence)`: `add(track, po
 `position` in samples from the start of the call; `take()` returns the interleaved bytes ready so far;
 `flush()` pads the shorter tracks with silence at the end. A gap in a track's positions is filled with
 silence, so that channel times stay the call's times; audio that overlaps what a track already has is
-trimmed. A track that falls more than `max_lag` samples behind the others is padded with silence up to that lag,
-so the others are never held back longer (its audio that comes later still is trimmed as overlap).
+trimmed. A track that falls more than `max_lag` samples behind the others is padded with silence up to
+that lag, so the others are never held back longer (its audio that comes later still is trimmed).
 """
 
 from __future__ import annotations
