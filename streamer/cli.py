@@ -177,6 +177,14 @@ _OPTIONS: tuple[_Option, ...] = (
         "TOKEN",
     ),
     _Option(
+        "--audiohook-client-secret",
+        "STREAMER_AUDIOHOOK_CLIENT_SECRET",
+        None,
+        "the Genesys AudioHook integration's client secret (base64): /audiohook then requires a valid "
+        "request signature (prefer the variable)",
+        "SECRET",
+    ),
+    _Option(
         "--public-url",
         "STREAMER_PUBLIC_URL",
         None,
@@ -515,6 +523,7 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     telephony = TelephonyConfig(
         twilio_auth_token=values.get("twilio_auth_token")[1] or None,
         public_url=(values.get("public_url")[1] or "").rstrip("/") or None,
+        audiohook_client_secret=values.get("audiohook_client_secret")[1] or None,
     )
     return ServerConfig(
         host=values.convert("host", lambda _s, t: t.strip()),

@@ -6,6 +6,8 @@ environment variables with `streamer.cli.build_config(argv)`. Invalid values rai
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -180,8 +182,21 @@ class TelephonyConfig:
 
     twilio_auth_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
+    audiohook_client_secret: str | None = field(default=None, repr=False)
+    """Base64 client secret of the Genesys AudioHook integration: requests must then be signed with it."""
+
+    @property
+    def audiohook_secret_bytes(self) -> bytes | None:
+        if self.audiohook_client_secret is None:
+            return None
+        return base64.b64decode(self.audiohook_client_secret)
 
     def __post_init__(self) -> None:
+        if self.audiohook_client_secret is not None:
+            try:
+                base64.b64decode(self.audiohook_client_secret, validate=True)
+            except (binascii.Error, ValueError):
+                raise ConfigError("the AudioHook client secret must be base64, as Genesys shows it") from None
         if self.public_url is not None and not _PUBLIC_URL.match(self.public_url):
             raise ConfigError(f"public URL must look like wss://host[:port], got {self.public_url!r}")
 

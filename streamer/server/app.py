@@ -4,8 +4,8 @@
     run(config)  # python -m streamer: load the models, serve, stop gracefully on SIGTERM
 
 Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/v1/watch` (follow
-streams live), `/twilio` (Twilio Media Streams), `/healthz`, `/readyz`, `/metrics`. Live streams of every
-dialect run through `streamer.server.live.LiveStream`.
+streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/healthz`,
+`/readyz`, `/metrics`. Live streams of every dialect run through `streamer.server.live.LiveStream`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from streamer.config import ServerConfig
 from streamer.engine import Engine
 from streamer.errors import ConfigError
 from streamer.server import health
-from streamer.server.ingress import deepgram, twilio
+from streamer.server.ingress import audiohook, deepgram, twilio
 from streamer.server.prerecorded import listen_post
 from streamer.server.state import STATE, ServerState, load_engines
 from streamer.server.watch_endpoint import watch_handler
@@ -42,6 +42,7 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     app.router.add_post("/v1/listen", listen_post)
     app.router.add_get("/v1/watch", watch_handler)
     app.router.add_get("/twilio", websocket_endpoint(twilio.accept))
+    app.router.add_get("/audiohook", websocket_endpoint(audiohook.accept))
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)

@@ -380,6 +380,8 @@ class LiveStream:
                 self._client_gone = True  # drop what is queued; the connection is not draining anyway
             elif end.kind == "engine_error":
                 self._send_optional(self.dialect.failed(f"transcription failed: {end.detail}"))
+            elif end.kind == "bad_message":
+                self._send_optional(self.dialect.rejected(end.detail))
             elif flush and self.stream is not None:
                 summary = self.summary()
                 self._send_optional(self.dialect.finished(summary))

@@ -27,6 +27,7 @@ from streamer.load import LoadTracker
 from streamer.metrics import Metrics
 from streamer.protocol import ModelIdentity, ModelInfo
 from streamer.server.errors import EngineSaturated, KeyLimitReached, ShuttingDown
+from streamer.server.http_signatures import NonceCache
 from streamer.server.watch import WatchHub
 from streamer.server.webhooks import Webhooks
 from streamer.vad import SpeechDetector
@@ -146,6 +147,8 @@ class ServerState:
             delivery.watch_history, delivery.watch_queue, delivery.max_watchers, self.metrics
         )
         self.webhooks = Webhooks(delivery, self.metrics)
+        self.audiohook_nonces = NonceCache()
+        """Nonces of signed AudioHook handshakes, kept while their signatures could be replayed."""
         self.accepting = True
         self.started = False
         self._shutdown: asyncio.Task[None] | None = None

@@ -116,6 +116,10 @@ class Dialect:
         """The message before the close that an engine failure causes, or None."""
         return None
 
+    def rejected(self, detail: str) -> str | None:
+        """The message before the close that a protocol error (`detail`) causes, or None."""
+        return None
+
     def close_frame(self, kind: EndKind, detail: str, idle_timeout_s: float) -> tuple[int, str]:
         """WebSocket close code and reason for how the stream ended."""
         return standard_close_frame(kind, detail, idle_timeout_s)
