@@ -185,6 +185,21 @@ _OPTIONS: tuple[_Option, ...] = (
         "SECRET",
     ),
     _Option(
+        "--audiosocket-port",
+        "STREAMER_AUDIOSOCKET_PORT",
+        None,
+        "TCP port for Asterisk AudioSocket calls (0: any free port, logged); the protocol has no "
+        "authentication: keep it on a private network",
+        "PORT",
+    ),
+    _Option(
+        "--audiosocket-host",
+        "STREAMER_AUDIOSOCKET_HOST",
+        None,
+        "interface of the AudioSocket listener (default: --host)",
+        "HOST",
+    ),
+    _Option(
         "--public-url",
         "STREAMER_PUBLIC_URL",
         None,
@@ -524,6 +539,10 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         twilio_auth_token=values.get("twilio_auth_token")[1] or None,
         public_url=(values.get("public_url")[1] or "").rstrip("/") or None,
         audiohook_client_secret=values.get("audiohook_client_secret")[1] or None,
+        audiosocket_port=(
+            None if not values.get("audiosocket_port")[1] else values.convert("audiosocket_port", _int)
+        ),
+        audiosocket_host=values.get("audiosocket_host")[1] or None,
     )
     return ServerConfig(
         host=values.convert("host", lambda _s, t: t.strip()),

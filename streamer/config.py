@@ -184,6 +184,10 @@ class TelephonyConfig:
     public_url: str | None = None
     audiohook_client_secret: str | None = field(default=None, repr=False)
     """Base64 client secret of the Genesys AudioHook integration: requests must then be signed with it."""
+    audiosocket_port: int | None = None
+    """TCP port of the Asterisk AudioSocket listener (0: any free port); None: no listener."""
+    audiosocket_host: str | None = None
+    """Interface of the AudioSocket listener; None: the server's --host."""
 
     @property
     def audiohook_secret_bytes(self) -> bytes | None:
@@ -192,6 +196,8 @@ class TelephonyConfig:
         return base64.b64decode(self.audiohook_client_secret)
 
     def __post_init__(self) -> None:
+        if self.audiosocket_port is not None and not 0 <= self.audiosocket_port <= 65535:
+            raise ConfigError(f"AudioSocket port must be 0-65535, got {self.audiosocket_port}")
         if self.audiohook_client_secret is not None:
             try:
                 base64.b64decode(self.audiohook_client_secret, validate=True)

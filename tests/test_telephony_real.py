@@ -3,18 +3,21 @@ built-in model, through each phone dialect's real or faithful client; per channe
 the webhook receiver and a watcher equal the offline transcript of that channel's audio.
 
 Twilio: the PyPI `streamdouble` Media Streams simulator places the call (a two-track `<Start><Stream>`
-fork: the caller on `inbound`, the agent on `outbound`, paced in real time).
+fork: the caller on `inbound`, the agent on `outbound`, paced in real time). The other platforms have
+no installable client: `tests/phone_clients.py` follows their specifications.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import jiwer
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -59,10 +62,10 @@ class Watcher:
 
 
 @asynccontextmanager
-async def server_with_receiver() -> AsyncIterator[tuple[ServerProcess, Receiver]]:
+async def server_with_receiver(*args: str) -> AsyncIterator[tuple[ServerProcess, Receiver]]:
     receiver = Receiver(secret=SECRET)
     await receiver.start()
-    server = ServerProcess(["--callback-url", receiver.url], env={"STREAMER_CALLBACK_SECRET": SECRET})
+    server = ServerProcess(["--callback-url", receiver.url, *args], env={"STREAMER_CALLBACK_SECRET": SECRET})
     await server.start()
     try:
         yield server, receiver
@@ -112,3 +115,76 @@ async def test_twilio_call_with_streamdouble() -> None:
             while not any(m["type"] == "Metadata" for m in watcher.messages):
                 await asyncio.sleep(0.1)
         check_channels(receiver, watcher, call_id)
+
+
+async def test_audiohook_call() -> None:
+    from streamer.audio import encode_mulaw
+    from tests.phone_clients import AudioHookClient, audiohook_headers, transcript_words
+
+    call = two_party_call()
+    stereo = encode_mulaw(np.stack([call.caller, call.agent], axis=1).reshape(-1))
+    async with server_with_receiver() as (server, receiver):
+        base = server.url.replace("http", "ws", 1)
+        host = base.split("://", 1)[1]
+        async with Watcher(f"{base}/v1/watch?tag=audiohook-call") as watcher, asyncio.timeout(90):
+            session_id = str(uuid.uuid4())
+            headers = audiohook_headers(host, "/audiohook", "any-key", None, session_id)
+            session = AudioHookClient(f"{base}/audiohook", headers, session_id)
+            await session.connect()
+            opened = await session.open(custom={"tag": "audiohook-call"})
+            conversation = opened["id"]
+            await session.send_audio(stereo)
+            assert (await session.close())[-1]["type"] == "closed"
+            await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts), timeout=60)
+            while not any(m["type"] == "Metadata" for m in watcher.messages):
+                await asyncio.sleep(0.1)
+        call_id = receiver.posts[-1]["stream"]["call_id"]
+        assert conversation == session_id and call_id
+        check_channels(receiver, watcher, call_id)
+        for channel in (0, 1):  # and back on the AudioHook socket itself
+            assert " ".join(transcript_words(session.transcripts(channel))) == offline(call.mulaw(channel))
+
+
+async def test_audiosocket_call_one_connection_per_leg() -> None:
+    """AudioSocket carries one mono leg per connection (its UUID is the stream's call id): the caller and
+    the agent come in as two connections, as two Snoop channels would send them."""
+    import re
+
+    from streamer.audio import float_to_linear16
+    from streamer.server.ingress.audiosocket import packet
+
+    call = two_party_call()
+    legs = {uuid.uuid4(): call.caller, uuid.uuid4(): call.agent}
+    async with server_with_receiver("--audiosocket-port", "0") as (server, receiver):
+        found = [re.search(r"AudioSocket listening on [^:]+:(\d+)", line) for line in server.log_lines]
+        port = int(next(m for m in found if m).group(1))
+        base = server.url.replace("http", "ws", 1)
+        watchers = [Watcher(f"{base}/v1/watch?stream={leg}") for leg in legs]
+
+        async def dial(leg: uuid.UUID, audio: np.ndarray) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            slin = float_to_linear16(audio)
+            writer.write(packet(0x01, leg.bytes))
+            for offset in range(0, len(slin), 320):
+                writer.write(packet(0x10, slin[offset : offset + 320]))
+                await writer.drain()
+            writer.write(packet(0x00))
+            await writer.drain()
+            assert await reader.read() == b""
+            writer.close()
+
+        async with watchers[0], watchers[1], asyncio.timeout(90):
+            await asyncio.gather(*(dial(leg, audio) for leg, audio in legs.items()))
+            await receiver.wait_for(
+                lambda: sum(p["type"] == "Metadata" for p in receiver.posts) >= 2, timeout=60
+            )
+            for w in watchers:
+                while not any(m["type"] == "Metadata" for m in w.messages):
+                    await asyncio.sleep(0.1)
+    from streamer.audio import encode_mulaw
+
+    for (leg, audio), watcher in zip(legs.items(), watchers, strict=True):
+        reference = offline(encode_mulaw(audio))
+        assert " ".join(words(receiver.finals(0, stream=str(leg)))) == reference
+        assert " ".join(words(watcher.finals(0))) == reference
+    assert receiver.bad_signatures == 0

@@ -5,7 +5,8 @@
 
 Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/v1/watch` (follow
 streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/healthz`,
-`/readyz`, `/metrics`. Live streams of every dialect run through `streamer.server.live.LiveStream`.
+`/readyz`, `/metrics`; and a TCP listener for Asterisk AudioSocket (`--audiosocket-port`). Live streams of
+every dialect run through `streamer.server.live.LiveStream`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from streamer.config import ServerConfig
 from streamer.engine import Engine
 from streamer.errors import ConfigError
 from streamer.server import health
-from streamer.server.ingress import audiohook, deepgram, twilio
+from streamer.server.ingress import audiohook, audiosocket, deepgram, twilio
 from streamer.server.prerecorded import listen_post
 from streamer.server.state import STATE, ServerState, load_engines
 from streamer.server.watch_endpoint import watch_handler
@@ -47,10 +48,18 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
 
+    listeners: list[asyncio.Server] = []
+
     async def on_startup(app: web.Application) -> None:
         await app[STATE].start()
+        telephony = config.telephony
+        if telephony.audiosocket_port is not None:
+            host = telephony.audiosocket_host or config.host
+            listeners.append(await audiosocket.start_listener(state, host, telephony.audiosocket_port))
 
     async def on_shutdown(app: web.Application) -> None:
+        for listener in listeners:
+            listener.close()  # no new calls; the ones in progress drain with the others
         await app[STATE].shutdown()
 
     async def on_cleanup(app: web.Application) -> None:

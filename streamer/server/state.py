@@ -148,6 +148,8 @@ class ServerState:
         )
         self.webhooks = Webhooks(delivery, self.metrics)
         self.audiohook_nonces = NonceCache()
+        self.audiosocket_port: int | None = None
+        """The AudioSocket listener's port once it listens (the configured one, or the one port 0 got)."""
         """Nonces of signed AudioHook handshakes, kept while their signatures could be replayed."""
         self.accepting = True
         self.started = False
