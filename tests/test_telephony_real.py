@@ -188,3 +188,52 @@ async def test_audiosocket_call_one_connection_per_leg() -> None:
         assert " ".join(words(receiver.finals(0, stream=str(leg)))) == reference
         assert " ".join(words(watcher.finals(0))) == reference
     assert receiver.bad_signatures == 0
+
+
+async def test_asterisk_chan_websocket_call_one_connection_per_leg() -> None:
+    """chan_websocket carries one channel per connection: one dialled connection per leg."""
+    call = two_party_call()
+    legs = {"leg-caller": call.mulaw(0), "leg-agent": call.mulaw(1)}
+    async with server_with_receiver() as (server, receiver):
+        base = server.url.replace("http", "ws", 1)
+        watchers = [Watcher(f"{base}/v1/watch?stream={leg}") for leg in legs]
+
+        async def dial(leg: str, data: bytes) -> None:
+            async with connect(f"{base}/asterisk", subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                await ws.send(json.dumps({"event": "MEDIA_START", "connection_id": leg, "format": "ulaw"}))
+                assert json.loads(await ws.recv()) == {"command": "ANSWER"}
+                for offset in range(0, len(data), 160):
+                    await ws.send(data[offset : offset + 160])
+
+        async with watchers[0], watchers[1], asyncio.timeout(90):
+            await asyncio.gather(*(dial(leg, data) for leg, data in legs.items()))
+            await receiver.wait_for(
+                lambda: sum(p["type"] == "Metadata" for p in receiver.posts) >= 2, timeout=60
+            )
+            for w in watchers:
+                while not any(m["type"] == "Metadata" for m in w.messages):
+                    await asyncio.sleep(0.1)
+    for (leg, data), watcher in zip(legs.items(), watchers, strict=True):
+        reference = offline(data)
+        assert " ".join(words(receiver.finals(0, stream=leg))) == reference
+        assert " ".join(words(watcher.finals(0))) == reference
+
+
+async def test_freeswitch_audio_fork_stereo_call() -> None:
+    from streamer.audio import float_to_linear16
+
+    call = two_party_call()
+    stereo = float_to_linear16(np.stack([call.caller, call.agent], axis=1).reshape(-1))
+    async with server_with_receiver() as (server, receiver):
+        base = server.url.replace("http", "ws", 1)
+        async with Watcher(f"{base}/v1/watch?tag=fork-call") as watcher, asyncio.timeout(90):
+            async with connect(f"{base}/fork", subprotocols=["audio.drachtio.org"]) as ws:  # type: ignore[list-item]
+                metadata = {"uuid": "fs-uuid-1", "sampleRate": 8000, "mixType": "stereo", "tag": "fork-call"}
+                await ws.send(json.dumps(metadata))
+                for offset in range(0, len(stereo), 640):
+                    await ws.send(stereo[offset : offset + 640])
+                await ws.close()
+            await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts), timeout=60)
+            while not any(m["type"] == "Metadata" for m in watcher.messages):
+                await asyncio.sleep(0.1)
+        check_channels(receiver, watcher, "fs-uuid-1")

@@ -4,7 +4,8 @@
     run(config)  # python -m streamer: load the models, serve, stop gracefully on SIGTERM
 
 Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/v1/watch` (follow
-streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/healthz`,
+streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/asterisk`
+(Asterisk chan_websocket), `/fork` (FreeSWITCH, jambonz, Vonage), `/healthz`,
 `/readyz`, `/metrics`; and a TCP listener for Asterisk AudioSocket (`--audiosocket-port`). Live streams of
 every dialect run through `streamer.server.live.LiveStream`.
 """
@@ -23,7 +24,7 @@ from streamer.config import ServerConfig
 from streamer.engine import Engine
 from streamer.errors import ConfigError
 from streamer.server import health
-from streamer.server.ingress import audiohook, audiosocket, deepgram, twilio
+from streamer.server.ingress import asterisk, audiohook, audiosocket, deepgram, fork, twilio
 from streamer.server.prerecorded import listen_post
 from streamer.server.state import STATE, ServerState, load_engines
 from streamer.server.watch_endpoint import watch_handler
@@ -44,6 +45,8 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     app.router.add_get("/v1/watch", watch_handler)
     app.router.add_get("/twilio", websocket_endpoint(twilio.accept))
     app.router.add_get("/audiohook", websocket_endpoint(audiohook.accept))
+    app.router.add_get("/asterisk", websocket_endpoint(asterisk.accept))
+    app.router.add_get("/fork", websocket_endpoint(fork.accept))
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)

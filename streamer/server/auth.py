@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 
@@ -22,8 +24,9 @@ def offered_protocols(request: web.Request) -> list[str]:
 def authorize(keys: frozenset[str], request: web.Request) -> str | None:
     """The configured key the request carries (None when auth is off); raises AuthError otherwise.
 
-    Keys come as `Authorization: Token <key>` / `Bearer <key>`, or as the browser form
-    `Sec-WebSocket-Protocol: token, <key>`. Never log a candidate or the key.
+    Keys come as `Authorization: Token <key>` / `Bearer <key>`, as the password of `Basic` credentials
+    (what Asterisk and FreeSWITCH can send), or as the browser form `Sec-WebSocket-Protocol: token,
+    <key>`. Never log a candidate or the key.
     """
     if not keys:
         return None
@@ -32,6 +35,13 @@ def authorize(keys: frozenset[str], request: web.Request) -> str | None:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() in ("token", "bearer") and value.strip():
         candidates.append(value.strip())
+    elif scheme.lower() == "basic" and value.strip():
+        try:
+            _, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, ValueError):
+            raise AuthError("malformed Basic credentials") from None
+        if password:
+            candidates.append(password)
     offered = offered_protocols(request)
     if "token" in offered:
         candidates.extend(p for p in offered if p != "token")
