@@ -86,6 +86,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.dialect_streams = Counter(
+            "streamer_dialect_streams",
+            "Live connections accepted, by wire dialect (deepgram, twilio, audiohook, ...).",
+            ["dialect"],
+            registry=r,
+        )
         self.webhook_messages = Counter(
             "streamer_webhook_messages",
             "Webhook messages by kind (final: finals and closing Metadata; interim) and outcome: delivered, "

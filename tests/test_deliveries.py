@@ -300,3 +300,29 @@ async def test_slow_webhook_never_holds_the_stream_up() -> None:
             assert stalled.is_set()
     finally:
         await receiver.stop()
+
+
+async def test_prerecorded_callback_answers_at_once_and_posts_the_result() -> None:
+    from tests.test_server import _wav
+
+    receiver = Receiver(secret="k")
+    await receiver.start()
+    delivery = replace(FAST, callback_hosts=frozenset({"127.0.0.1"}), callback_secret="k")
+    try:
+        async with serve(config(delivery=delivery)) as server, asyncio.timeout(30):
+            body = _wav(utterances(["abc", "bad"], ["cafe"]))
+            async with aiohttp.ClientSession() as http:
+                url = f"{server.http}/v1/listen?callback={receiver.url}"
+                async with http.post(url, data=body) as resp:
+                    assert resp.status == 200
+                    answer = await resp.json()
+                await receiver.wait_for(lambda: bool(receiver.posts))
+                refused = await http.post(f"{server.http}/v1/listen?callback=http://10.0.0.1/x", data=body)
+                assert refused.status == 400 and (await refused.json())["param"] == "callback"
+            assert server.app[STATE].active == 0 and not server.app[STATE].jobs
+    finally:
+        await receiver.stop()
+    [result] = receiver.posts
+    assert set(answer) == {"request_id"} and result["metadata"]["request_id"] == answer["request_id"]
+    transcripts = [a["transcript"] for c in result["results"]["channels"] for a in c["alternatives"]]
+    assert transcripts == ["abc bad cafe"] and receiver.bad_signatures == 0

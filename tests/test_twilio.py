@@ -253,3 +253,63 @@ async def test_hangup_without_stop_still_delivers_the_finals() -> None:
     finally:
         await receiver.stop()
     assert words(receiver.finals(stream="CA-hangup")) == ["abc", "bad"]
+
+
+async def test_shutdown_mid_call_delivers_every_final_and_closes_1012() -> None:
+    from streamer.server import STATE
+
+    receiver = Receiver()
+    await receiver.start()
+    delivery = DeliveryConfig(callback_url=receiver.url, callback_backoff_s=0.05)
+    try:
+        async with serve(config(delivery=delivery)) as server, asyncio.timeout(30):
+            ws = await connect(twilio_url(server.port))
+            audio = mulaw_8k(call_audio((0.3, ["abc", "bad"]), (0.05, None)))  # speech still going on
+            await ws.send(twilio_start(["inbound"], {}, call_sid="CA-drain"))
+            for offset in range(0, len(audio), FRAME):
+                media = {
+                    "track": "inbound",
+                    "timestamp": str(offset // 8),
+                    "payload": base64.b64encode(audio[offset : offset + FRAME]).decode(),
+                }
+                await ws.send(json.dumps({"event": "media", "media": media}))
+            await server.app[STATE].shutdown()
+            await collect(ws)
+            assert ws.close_code == 1012
+            await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts))
+            dialects = server.app[STATE].metrics.dialect_streams.labels("twilio")._value.get()
+    finally:
+        await receiver.stop()
+    assert words(receiver.finals(stream="CA-drain")) == ["abc", "bad"] and dialects == 1
+
+
+async def test_streamdouble_with_packet_loss_keeps_call_time() -> None:
+    """streamdouble drops 10% of the caller's frames upstream (a jump in media.timestamp); the server
+    fills the gaps, so the stream lasts exactly as long as the call."""
+    api = pytest.importorskip("streamdouble.api")
+    from streamdouble.chaos import Impairments
+    from streamdouble.session import SessionConfig
+
+    audio = mulaw_8k(call_audio((0.3, ["abc", "bad"]), (1.0, None)))
+    audio += b"\xff" * (-len(audio) % FRAME)
+    frames = [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+    receiver = Receiver()
+    await receiver.start()
+    delivery = DeliveryConfig(callback_url=receiver.url, callback_backoff_s=0.05)
+    try:
+        async with serve(config(delivery=delivery)) as server, asyncio.timeout(40):
+            session = SessionConfig(
+                impairments=Impairments(loss=0.1, jitter_ms=15),
+                chaos_seed=7,
+                response_timeout_s=0.3,
+                quiet_period_s=0.1,
+                echo_marks=False,
+            )
+            report = await api.call(twilio_url(server.port), frames=frames, config=session)
+            assert report.result.frames_dropped > 0 and report.violations == []
+            await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts))
+    finally:
+        await receiver.stop()
+    metadata = receiver.posts[-1]
+    # Every dropped frame came back as silence: the stream is as long as the call (last frame included).
+    assert metadata["duration"] == pytest.approx(len(frames) * 0.02, abs=0.021)

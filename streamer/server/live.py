@@ -153,6 +153,7 @@ class LiveStream:
         job = Job.current(stop=lambda: self.stop(End("shutdown")))
         state.jobs.add(job)
         state.live[self.id] = self
+        state.metrics.dialect_streams.labels(self.dialect.name).inc()
         if self.params is not None:
             state.metrics.streams.labels(self.model.name, "live").inc()
         try:
@@ -339,11 +340,10 @@ class LiveStream:
             if frame.kind in ("closed", "error"):
                 return
             for item in self._decode(frame):
-                if isinstance(item, Audio) and self.runner is not None:
-                    self._feed(item.data)
-                elif not isinstance(item, Reply | Flush):
-                    return  # the end of audio, a protocol error: nothing more to read
-                # Replies and Flush change nothing now: the flush follows.
+                # Audio, a late start message, replies: as usual. The end of audio or a protocol error
+                # ends the reading; the flush follows anyway.
+                if self._apply(item) is not None:
+                    return
 
     async def _read_after_end(self) -> None:
         """After the end of audio, until cancelled: count audio that arrives anyway, answer nothing."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -23,7 +24,13 @@ from aiohttp import web
 from streamer import SAMPLE_RATE
 from streamer.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormat
 from streamer.errors import AudioFormatError, EngineError, StreamerError
-from streamer.protocol import ListenParams, StreamSummary, parse_listen_params, prerecorded_response
+from streamer.protocol import (
+    ListenParams,
+    StreamSummary,
+    error_message,
+    parse_listen_params,
+    prerecorded_response,
+)
 from streamer.runner import StreamRunner
 from streamer.server.admission import admit
 from streamer.server.auth import authorize
@@ -115,12 +122,16 @@ async def _transcribe(
 
 
 async def listen_post(request: web.Request) -> web.Response:
+    """Transcribe the body and answer with the result; with `callback`, answer `{"request_id"}` at once
+    and post the result to the callback when it is ready (Deepgram's asynchronous mode)."""
     state = request.app[STATE]
     request_id = str(uuid.uuid4())
     try:
         admit(state, request)
         key = authorize(state.config.api_keys, request)
         params = parse_listen_params(request.query, state.model_names)
+        if params.callback is not None:
+            state.webhooks.check_url(params.callback)
         state.reserve("prerecorded", params.model, key)
     except StreamerError as exc:
         return error_response(state, exc, request_id)
@@ -129,36 +140,87 @@ async def listen_post(request: web.Request) -> web.Response:
     state.metrics.streams.labels(model.name, "prerecorded").inc()
     job = Job.current()
     state.jobs.add(job)
+    background = False
     try:
         body = await _read_body(request, state.config.limits.max_body_bytes)
         pcm, fmt = _decode_body(body, params, raw="encoding" in request.query)
         state.metrics.audio_seconds.labels(model.name).inc(len(pcm) / fmt.bytes_per_second())
-        started = time.perf_counter()
-        finals, duration = await _transcribe(state, model, params, pcm, fmt, request_id)
-        log.info(
-            "request %s: transcribed %.2f s of audio (%d channel(s)) in %.2f s with %s",
-            request_id,
-            duration,
-            fmt.output_channels,
-            time.perf_counter() - started,
-            model.name,
+        work = _Work(state, model, params, request_id, created, body, pcm, fmt)
+        if params.callback is None:
+            return _json(await work.transcribe(), request_id)
+        # The slot and the job move to a task of their own, which releases them when it is done.
+        task = asyncio.get_running_loop().create_task(
+            work.post_to(params.callback, key), name=f"pre-{request_id}"
         )
-        summary = StreamSummary(
-            request_id=request_id,
-            created=created,
-            duration=duration,
-            channels=fmt.output_channels,
-            sha256=hashlib.sha256(body).hexdigest(),
-            models=(model.identity,),
-        )
-        return web.Response(
-            text=prerecorded_response(summary, finals),
-            content_type="application/json",
-            headers={"dg-request-id": request_id},
-        )
+        work.job = Job(task)  # set before the task first runs: it starts after this handler returns
+        state.jobs.add(work.job)
+        background = True
+        return _json(json.dumps({"request_id": request_id}), request_id)
     except StreamerError as exc:
         return error_response(state, exc, request_id)
     finally:
         state.jobs.discard(job)
-        state.release("prerecorded", key)
+        if not background:
+            state.release("prerecorded", key)
         job.finished.set()
+
+
+def _json(text: str, request_id: str) -> web.Response:
+    return web.Response(text=text, content_type="application/json", headers={"dg-request-id": request_id})
+
+
+@dataclass
+class _Work:
+    """One pre-recorded transcription: `await transcribe()` gives the response JSON text."""
+
+    state: ServerState
+    model: ServedModel
+    params: ListenParams
+    request_id: str
+    created: datetime
+    body: bytes
+    pcm: bytes
+    fmt: AudioFormat
+    job: Job | None = None
+    """The background job of an asynchronous (callback) request, which shutdown waits for."""
+
+    async def transcribe(self) -> str:
+        started = time.perf_counter()
+        finals, duration = await _transcribe(
+            self.state, self.model, self.params, self.pcm, self.fmt, self.request_id
+        )
+        log.info(
+            "request %s: transcribed %.2f s of audio (%d channel(s)) in %.2f s with %s",
+            self.request_id,
+            duration,
+            self.fmt.output_channels,
+            time.perf_counter() - started,
+            self.model.name,
+        )
+        summary = StreamSummary(
+            request_id=self.request_id,
+            created=self.created,
+            duration=duration,
+            channels=self.fmt.output_channels,
+            sha256=hashlib.sha256(self.body).hexdigest(),
+            models=(self.model.identity,),
+        )
+        return prerecorded_response(summary, finals)
+
+    async def post_to(self, callback: str, key: str | None) -> None:
+        """Transcribe, then hand the result (or an error message) to the webhook queue; releases the slot."""
+        state = self.state
+        try:
+            try:
+                text = await self.transcribe()
+            except StreamerError as exc:
+                log.warning("request %s: transcription for the callback failed: %s", self.request_id, exc)
+                text = error_message(f"transcription failed: {exc}", "ENGINE_FAILURE")
+            queue = state.webhooks.open(self.request_id, callback, self.params.callback_method)
+            queue.put(text, must_deliver=True)
+            queue.close()
+        finally:
+            state.release("prerecorded", key)
+            if self.job is not None:
+                state.jobs.discard(self.job)
+                self.job.finished.set()
