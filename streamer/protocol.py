@@ -48,6 +48,11 @@ LISTEN_PARAMS: frozenset[str] = frozenset(
 )
 """Query parameters of /v1/listen that this server implements."""
 
+FORMAT_PARAMS: frozenset[str] = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
+STREAM_OPTIONS: frozenset[str] = LISTEN_PARAMS - FORMAT_PARAMS
+"""The implemented parameters that are not about the audio format: what a phone platform's own options
+(Twilio customParameters, AudioHook customConfig, URL query, fork metadata) may set."""
+
 IGNORED_PARAMS: frozenset[str] = frozenset(
     {
         "alternatives",
@@ -206,10 +211,15 @@ def _int(query: Mapping[str, str], name: str, low: int, high: int | None, allowe
     return value
 
 
+def default_model(served: Sequence[str]) -> str:
+    """The model a stream that names no language gets: English when served, else the first."""
+    return DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in served else served[0]
+
+
 def _resolve_language(query: Mapping[str, str], served: Sequence[str]) -> str:
     raw = query.get("language")
     if raw is None:
-        return DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in served else served[0]
+        return default_model(served)
     tag = raw.strip().lower().replace("_", "-")
     if tag in served:
         return tag

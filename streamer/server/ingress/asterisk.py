@@ -18,8 +18,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from streamer.audio import Encoding
 from streamer.errors import RequestError
-from streamer.protocol import ParamError, parse_listen_params
+from streamer.protocol import STREAM_OPTIONS, parse_listen_params
 from streamer.server.auth import authorize, offered_protocols
 from streamer.server.ingress.base import (
     Accepted,
@@ -29,12 +30,13 @@ from streamer.server.ingress.base import (
     ProtocolError,
     Reply,
     Start,
+    stream_params,
 )
 from streamer.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
-FORMATS = {
+FORMATS: dict[str, tuple[Encoding, int]] = {
     "ulaw": ("mulaw", 8000),
     "alaw": ("alaw", 8000),
     "slin": ("linear16", 8000),
@@ -56,10 +58,6 @@ EVENTS = frozenset(
         "DTMF_END",
         "STATUS",
     }
-)
-QUERY_OPTIONS = frozenset(
-    {"language", "model", "interim_results", "endpointing", "utterance_end_ms", "tag", "callback"}
-    | {"callback_method", "callback_interim_results"}
 )
 
 
@@ -115,11 +113,12 @@ class AsteriskDialect(Dialect):
         if codec not in FORMATS:
             return [ProtocolError(f"unsupported format {codec[:20]!r}; use one of {', '.join(FORMATS)}")]
         encoding, rate = FORMATS[codec]
-        query = {**self.options, "encoding": encoding, "sample_rate": str(rate)}
         try:
-            params = parse_listen_params(query, self.served_models)
-        except ParamError as exc:
-            return [ProtocolError(f"URL options: {exc}")]
+            params = stream_params(
+                self.options, self.served_models, encoding=encoding, sample_rate=rate, source="URL options"
+            )
+        except RequestError as exc:
+            return [ProtocolError(str(exc))]
         self.started = True
         call = fields.get("channel_id") or fields.get("connection_id") or fields.get("channel")
         answer = json.dumps({"command": "ANSWER"}) if as_json else "ANSWER"
@@ -129,7 +128,7 @@ class AsteriskDialect(Dialect):
 def accept(state: ServerState, request: web.Request, request_id: str) -> Accepted:
     """API key (when the server has keys), URL options checked now so a bad one fails the dial."""
     key = authorize(state.config.api_keys, request)
-    options = {k: v for k, v in request.query.items() if k in QUERY_OPTIONS}
+    options = {k: v for k, v in request.query.items() if k in STREAM_OPTIONS}
     model = parse_listen_params(options, state.model_names).model  # a bad option: 400 at the handshake
     protocols = ("media",) if "media" in offered_protocols(request) else ()
     return Accepted(AsteriskDialect(state.model_names, options), model, None, key, protocols)

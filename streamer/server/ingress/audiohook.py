@@ -29,8 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
+from streamer.audio import Encoding
 from streamer.errors import RequestError
-from streamer.protocol import CALLBACK_INTERIMS, ParamError, StreamSummary, parse_listen_params
+from streamer.protocol import StreamSummary, default_model
 from streamer.server.auth import match_key
 from streamer.server.errors import AuthError
 from streamer.server.http_signatures import NonceCache, SignatureCheck, SignatureError
@@ -45,6 +46,7 @@ from streamer.server.ingress.base import (
     Reply,
     Start,
     StreamInfo,
+    stream_params,
 )
 from streamer.server.state import ServerState
 from streamer.transcript import Event, Transcript
@@ -55,12 +57,8 @@ VERSION = "2"
 PROBE_CONVERSATION = "00000000-0000-0000-0000-000000000000"
 CHANNELS = ("external", "internal")
 """Channel order: the customer, then the agent."""
-FORMATS = {"PCMU": ("mulaw", 1), "L16": ("linear16", 2)}
+FORMATS: dict[str, tuple[Encoding, int]] = {"PCMU": ("mulaw", 1), "L16": ("linear16", 2)}
 """AudioHook format -> our encoding and bytes per sample."""
-CUSTOM_CONFIG = frozenset(
-    {"model", "interim_results", "endpointing", "utterance_end_ms", "tag", "callback", "callback_method"}
-    | {CALLBACK_INTERIMS}
-)
 SIGNED_COMPONENTS = ("@request-target", "@authority", "audiohook-session-id", "x-api-key")
 MAX_SILENCE_S = 60.0
 """The longest stretch of missing audio (discarded, or paused then resumed) filled with silence."""
@@ -178,37 +176,30 @@ class AudioHookDialect(Dialect):
         self._silence = b"\xff" if encoding == "mulaw" else b"\0\0"
         self.opened = True
         self.probe = parameters.get("conversationId") == PROBE_CONVERSATION
+        start: list[Inbound] = []
+        if not self.probe:  # parameters first: an error must not use up a server seq
+            custom = parameters.get("customConfig") or {}
+            if not isinstance(custom, dict):
+                raise RequestError("customConfig must be an object")
+            options = {k: v for k, v in custom.items() if k != "language"}  # the open message says it
+            if parameters.get("language"):
+                self.language = str(parameters["language"])
+                options["language"] = self.language
+            params = stream_params(
+                options,
+                self.served_models,
+                encoding=encoding,
+                sample_rate=8000,
+                channels=len(self.channels),
+                source="open parameters",
+            )
+            start = [Start(params, call_id=str(parameters.get("conversationId") or "") or None)]
+        else:
+            log.info("audiohook session %s: connection probe", self.session_id)
         opened: dict[str, Any] = {"startPaused": False, "media": [chosen]}
         if parameters.get("supportedLanguages"):
             opened["supportedLanguages"] = list(self.served_models)
-        reply = Reply(self._message("opened", opened))
-        if self.probe:
-            log.info("audiohook session %s: connection probe", self.session_id)
-            return [reply]
-        custom = parameters.get("customConfig") or {}
-        if not isinstance(custom, dict):
-            raise RequestError("customConfig must be an object")
-        options = {
-            k: str(v).lower() if isinstance(v, bool) else str(v)
-            for k, v in custom.items()
-            if k in CUSTOM_CONFIG
-        }
-        if parameters.get("language"):
-            self.language = str(parameters["language"])
-            options["language"] = self.language
-        query = {
-            **options,
-            "encoding": encoding,
-            "sample_rate": "8000",
-            "channels": str(len(self.channels)),
-            "multichannel": "true",
-        }
-        try:
-            params = parse_listen_params(query, self.served_models)
-        except ParamError as exc:
-            raise RequestError(f"open parameters: {exc}", exc.param) from None
-        conversation = str(parameters.get("conversationId") or "") or None
-        return [reply, Start(params, call_id=conversation)]
+        return [Reply(self._message("opened", opened)), *start]
 
     def _choose_media(self, offers: object) -> dict[str, Any]:
         if not isinstance(offers, list) or not offers:
@@ -346,9 +337,8 @@ def accept(state: ServerState, request: web.Request, request_id: str) -> Accepte
             raise AuthError("missing or invalid X-API-KEY")
     if state.config.telephony.audiohook_secret_bytes is not None:
         _verify_signature(state, request, api_key)
-    served = state.model_names
     session = request.headers.get("Audiohook-Session-Id") or None
-    return Accepted(AudioHookDialect(served, session), served[0] if "en" not in served else "en", None, key)
+    return Accepted(AudioHookDialect(state.model_names, session), default_model(state.model_names), None, key)
 
 
 __all__ = ["AudioHookDialect", "NonceCache", "accept", "duration"]

@@ -17,7 +17,7 @@ import logging
 import socket
 import uuid
 
-from streamer.protocol import DEFAULT_LANGUAGE, parse_listen_params
+from streamer.protocol import default_model
 from streamer.server.ingress.base import (
     Accepted,
     Audio,
@@ -26,6 +26,7 @@ from streamer.server.ingress.base import (
     Inbound,
     ProtocolError,
     Start,
+    stream_params,
 )
 from streamer.server.live import LiveStream
 from streamer.server.state import ServerState
@@ -105,9 +106,7 @@ class AudioSocketDialect(Dialect):
     def _audio(self, rate: int, payload: bytes) -> list[Inbound]:
         if self.rate is None:
             self.rate = rate
-            default = DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in self.served_models else self.served_models[0]
-            query = {"language": default, "encoding": "linear16", "sample_rate": str(rate)}
-            params = parse_listen_params(query, self.served_models)
+            params = stream_params({}, self.served_models, encoding="linear16", sample_rate=rate)
             return [Start(params, call_id=self.call_id), Audio(payload)]
         if rate != self.rate:
             return [ProtocolError(f"audio at {rate} Hz after audio at {self.rate} Hz")]
@@ -166,7 +165,7 @@ async def serve_connection(
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     served = state.model_names
-    model = DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in served else served[0]
+    model = default_model(served)
     connection = TcpConnection(reader, writer)
     try:
         if not state.accepting:

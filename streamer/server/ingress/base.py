@@ -12,10 +12,20 @@ authentication and parameters, raising a `StreamerError` to refuse with an HTTP 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from streamer.protocol import ListenParams, ModelIdentity, StreamSummary
+from streamer.audio import Encoding
+from streamer.errors import RequestError
+from streamer.protocol import (
+    STREAM_OPTIONS,
+    ListenParams,
+    ModelIdentity,
+    ParamError,
+    StreamSummary,
+    parse_listen_params,
+)
 from streamer.transcript import Event
 
 # ---- what a dialect makes of an inbound frame --------------------------------------------------------
@@ -141,6 +151,39 @@ def standard_close_frame(kind: EndKind, detail: str, idle_timeout_s: float) -> t
     if kind == "slow_client":
         return 1008, f"results not read for {idle_timeout_s:g} s"
     return 1000, ""
+
+
+def stream_params(
+    options: Mapping[str, object],
+    served_models: list[str],
+    *,
+    encoding: Encoding,
+    sample_rate: int,
+    channels: int = 1,
+    source: str = "options",
+) -> ListenParams:
+    """Stream parameters from a platform's own options (only `STREAM_OPTIONS` are read; booleans as
+    JSON gives them are fine) and the audio format its protocol fixes. Raises RequestError naming
+    `source` and the parameter."""
+    query = {
+        k: str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in options.items()
+        if k in STREAM_OPTIONS
+    }
+    query.update(
+        encoding=encoding,
+        sample_rate=str(sample_rate),
+        channels=str(channels),
+        multichannel="true" if channels > 1 else "false",
+    )
+    try:
+        return parse_listen_params(query, served_models)
+    except ParamError as exc:
+        raise RequestError(f"{source}: {exc}", exc.param) from None
+
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)  # JSON true -> "true"
 
 
 @dataclass(frozen=True)

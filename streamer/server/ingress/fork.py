@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.protocol import ParamError, parse_listen_params
+from streamer.errors import RequestError
+from streamer.protocol import parse_listen_params
 from streamer.server.auth import authorize, offered_protocols
 from streamer.server.ingress.base import (
     Accepted,
@@ -34,6 +35,7 @@ from streamer.server.ingress.base import (
     ProtocolError,
     Start,
     StreamInfo,
+    stream_params,
 )
 from streamer.server.state import ServerState
 from streamer.transcript import Event, Transcript
@@ -42,10 +44,6 @@ log = logging.getLogger(__name__)
 
 SUBPROTOCOLS = ("audio.drachtio.org", "audio.jambonz.org")
 """Subprotocols whose clients take transcripts back on the socket."""
-OPTIONS = frozenset(
-    {"language", "model", "interim_results", "endpointing", "utterance_end_ms", "vad_events", "tag"}
-    | {"callback", "callback_method", "callback_interim_results"}
-)
 CALL_IDS = ("callSid", "callId", "call_id", "uuid", "conversation_uuid")
 MIX_CHANNELS = {"mono": 1, "mixed": 1, "stereo": 2}
 _RATE_IN_TYPE = re.compile(r"rate=(\d+)")
@@ -93,17 +91,17 @@ class ForkDialect(Dialect):
         channels = MIX_CHANNELS.get(mix.lower())
         if channels is None:
             return [ProtocolError(f"unknown mix type {mix[:20]!r}; use mono, mixed or stereo")]
-        query = {k: v for k, v in settings.items() if k in OPTIONS}
-        query.update(
-            encoding="linear16",
-            sample_rate=rate or "8000",
-            channels=str(channels),
-            multichannel="true" if channels > 1 else "false",
-        )
         try:
-            params = parse_listen_params(query, self.served_models)
-        except ParamError as exc:
-            return [ProtocolError(f"metadata: {exc}")]
+            params = stream_params(
+                settings,
+                self.served_models,
+                encoding="linear16",
+                sample_rate=int(rate or 8000),
+                channels=channels,
+                source="metadata",
+            )
+        except (RequestError, ValueError) as exc:
+            return [ProtocolError(f"metadata: {exc}" if isinstance(exc, ValueError) else str(exc))]
         self.started = True
         call = next((settings[k] for k in CALL_IDS if settings.get(k)), None)
         return [Start(params, call_id=call)]

@@ -28,8 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
+from streamer.audio import Encoding
 from streamer.errors import AudioFormatError, RequestError
-from streamer.protocol import CALLBACK_INTERIMS, DEFAULT_LANGUAGE, ParamError, parse_listen_params
+from streamer.protocol import STREAM_OPTIONS, default_model
 from streamer.server.auth import authorize
 from streamer.server.errors import AuthError
 from streamer.server.ingress.base import (
@@ -40,6 +41,7 @@ from streamer.server.ingress.base import (
     Inbound,
     ProtocolError,
     Start,
+    stream_params,
 )
 from streamer.server.ingress.tracks import TrackAligner
 from streamer.server.state import ServerState
@@ -47,24 +49,14 @@ from streamer.server.state import ServerState
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
-CUSTOM_PARAMETERS = frozenset(
-    {
-        "language",
-        "model",
-        "interim_results",
-        "endpointing",
-        "utterance_end_ms",
-        "vad_events",
-        "tag",
-        "callback",
-        "callback_method",
-        CALLBACK_INTERIMS,
-    }
-)
-"""customParameters that set stream options; others are passed over (logged at debug level)."""
 TRACKS = ("inbound", "outbound")
 """Channel order: the caller, then the agent."""
-ENCODINGS = {"audio/x-mulaw": "mulaw", "pcmu": "mulaw", "audio/x-alaw": "alaw", "pcma": "alaw"}
+ENCODINGS: dict[str, Encoding] = {
+    "audio/x-mulaw": "mulaw",
+    "pcmu": "mulaw",
+    "audio/x-alaw": "alaw",
+    "pcma": "alaw",
+}
 SILENCE = {"mulaw": 0xFF, "alaw": 0xD5}
 MAX_LAG_S = 1.0
 """How far one track may run ahead of the other before the late one is padded with silence."""
@@ -136,21 +128,17 @@ class TwilioDialect(Dialect):
         custom = start.get("customParameters") or start.get("custom_parameters") or {}
         if not isinstance(custom, dict):
             raise RequestError("customParameters must be an object")
-        options = {k: str(v) for k, v in custom.items() if k in CUSTOM_PARAMETERS}
-        passed_over = sorted(set(custom) - CUSTOM_PARAMETERS)
+        passed_over = sorted(set(custom) - STREAM_OPTIONS)
         if passed_over:
             log.debug("call %s: customParameters passed over: %s", call_sid, passed_over)
-        query = {
-            **options,
-            "encoding": encoding,
-            "sample_rate": str(self.rate),
-            "channels": str(len(self.tracks)),
-            "multichannel": "true",
-        }
-        try:
-            params = parse_listen_params(query, self.served_models)
-        except ParamError as exc:
-            raise RequestError(f"customParameters: {exc}", exc.param) from None
+        params = stream_params(
+            custom,
+            self.served_models,
+            encoding=encoding,
+            sample_rate=self.rate,
+            channels=len(self.tracks),
+            source="customParameters",
+        )
         self.call_sid = call_sid or None
         self.stream_sid = str(message.get("streamSid") or start.get("streamSid") or "") or None
         self._aligner = TrackAligner(
@@ -227,5 +215,5 @@ def accept(state: ServerState, request: web.Request, request_id: str) -> Accepte
         log.warning("request %s: /twilio refused: API keys are set but no --twilio-auth-token", request_id)
         raise AuthError("Twilio requests are not accepted: the server needs --twilio-auth-token")
     served = state.model_names
-    default = DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in served else served[0]
+    default = default_model(served)
     return Accepted(TwilioDialect(served), default, None, key)
