@@ -113,8 +113,11 @@ class LiveStream:
         return self.stream.duration if self.stream is not None else 0.0
 
     def _start(self, params: ListenParams) -> None:
-        """Build the stream for `params` (at the handshake, or on the dialect's Start)."""
+        """Build the stream for `params` (at the handshake, or on the dialect's Start); raises
+        CallbackRefused when the stream names a callback this server may not post to."""
         state = self.state
+        if params.callback is not None:
+            state.webhooks.check_url(params.callback)
         self.model = state.models[params.model]
         self.params = params
         self.stream = TimedStream(
@@ -125,8 +128,6 @@ class LiveStream:
         )
         self.runner = StreamRunner(self.stream, self.model.batcher, self._on_event, self._on_error, self.id)
         self.info = StreamInfo(self.id, params, self.model.identity)
-        if params.callback is not None:
-            state.webhooks.check_url(params.callback)
         self._callback = params.callback or state.config.delivery.callback_url
         self._label = stream_label(self.id, self.dialect.name, params.tag, self.call_id)
         ids = [self.id] if self.call_id is None else [self.id, self.call_id]
