@@ -23,7 +23,7 @@ from aiohttp import web
 from streamer.config import ServerConfig
 from streamer.engine import Engine
 from streamer.errors import ConfigError
-from streamer.server import health
+from streamer.server import health, pages
 from streamer.server.ingress import asterisk, audiohook, audiosocket, deepgram, fork, twilio
 from streamer.server.prerecorded import listen_post
 from streamer.server.state import STATE, ServerState, load_engines
@@ -50,6 +50,7 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    pages.add_routes(app)
 
     listeners: list[asyncio.Server] = []
 

@@ -165,6 +165,14 @@ class ServerState:
     def reserve(self, kind: str, model: str, key: str | None = None) -> None:
         """Take a slot for a stream or request of `model` by API key `key` (None: auth off), or raise
         ShuttingDown, OverloadError (max streams), KeyLimitReached or EngineSaturated."""
+        self.check_capacity(model, key)
+        self.active += 1
+        if key is not None and self._key_limits.get(key) is not None:
+            self.key_streams[key] = self.key_streams.get(key, 0) + 1
+        self.metrics.active_streams.labels(kind).inc()
+
+    def check_capacity(self, model: str, key: str | None = None) -> None:
+        """Raise what `reserve` would raise now, without taking a slot (a page asks before it retries)."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
         if self.active >= self.config.limits.max_streams:
@@ -175,10 +183,6 @@ class ServerState:
         saturated = self.saturation(model)
         if saturated is not None:
             raise EngineSaturated(saturated)
-        self.active += 1
-        if key is not None and limit is not None:
-            self.key_streams[key] = self.key_streams.get(key, 0) + 1
-        self.metrics.active_streams.labels(kind).inc()
 
     def release(self, kind: str, key: str | None = None) -> None:
         self.active -= 1

@@ -5,7 +5,8 @@
 The handler admits the request (`admission.admit`), lets the dialect's `accept` authenticate and parse
 it, reserves a stream slot, upgrades and hands the connection to `LiveStream.serve`. Everything from the
 first check to registering the stream runs without an await, so shutdown and capacity see a consistent
-picture. Refusals are HTTP answers (`errors.error_response`).
+picture. Refusals are HTTP answers (`errors.error_response`); a plain GET gets the refusal the handshake
+would get, or 426.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def websocket_endpoint(accept: Accept) -> Callable[[web.Request], Awaitable[web.
                 compress=False,
             )
             if not ws.can_prepare(request).ok:
+                # A plain GET learns what the handshake would get (browsers are not told why a WebSocket
+                # failed, so the page asks this way): a refusal, or 426 when it would be accepted.
+                state.check_capacity(accepted.model, accepted.key)
                 raise NotWebSocket(
                     "this endpoint speaks WebSocket; POST audio to /v1/listen for pre-recorded"
                 )
