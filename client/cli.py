@@ -25,6 +25,8 @@ examples:
   python -m client --lang en                       live captions from the default microphone
   python -m client --file talk.wav --srt talk.srt  stream a recording, write subtitles
   python -m client --file talk.wav --json | jq .   raw server messages, one per line
+  python -m client --tag room1                     caption the microphone; screens can follow "room1"
+  python -m client --watch room1                   follow the captions of the streams tagged "room1"
 
 --file reads anything soundfile reads and sends it as 16 kHz mono linear16, like the microphone.
 exit codes: 0 done, 1 server or network error, 2 bad usage or unusable input, 130 interrupted.
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", "--language", dest="language", default="en", help="language (default %(default)s)"
     )
     p.add_argument("--model", help="model name to ask the server for")
+    p.add_argument("--tag", help="label the stream so screens can follow it (--watch TAG, the page's /watch)")
+    p.add_argument(
+        "--watch",
+        metavar="TAG",
+        help="receive only: show the captions of the streams another client sends with --tag TAG",
+    )
     source = p.add_argument_group("input (microphone unless --file)")
     source.add_argument(
         "--file", type=Path, metavar="PATH", help="stream a recording instead of the microphone"
@@ -95,6 +103,8 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
     """ClientOptions from parsed arguments; raises ValueError for inconsistent values."""
     if args.file is not None and args.device is not None:
         raise ValueError("--device selects a microphone; it cannot be combined with --file")
+    if args.watch is not None and (args.file is not None or args.device is not None or args.tag):
+        raise ValueError("--watch only receives: it cannot be combined with --file, --device or --tag")
     return ClientOptions(
         url=args.url,
         api_key=args.api_key,
@@ -111,6 +121,8 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         progress=args.progress,
         open_timeout=args.timeout,
         close_timeout=args.timeout,
+        tag=args.tag or None,
+        watch=args.watch or None,
     )
 
 

@@ -39,6 +39,10 @@ class ClientOptions:
     close_timeout: float = 10.0
     """Seconds to wait for the last finals and Metadata after CloseStream."""
     utterance_end_ms: int = 1000
+    tag: str | None = None
+    """Sent as `tag`: screens can follow this stream with `--watch TAG` or the page's watch view."""
+    watch: str | None = None
+    """Receive only: show the captions of the streams sent with this tag (`/v1/watch`), send no audio."""
 
     def __post_init__(self) -> None:
         if not self.speed > 0:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from websockets.exceptions import ConnectionClosed
+
 from client.captions import write_captions
 from client.connection import StreamSession, connect_listen
 from client.errors import ClientError, UsageError
@@ -24,7 +26,7 @@ from client.messages import Result, decode, error_description, message_type, par
 from client.options import ClientOptions
 from client.sources import AudioSource, FileSource, MicrophoneSource
 from client.terminal import Console
-from client.urls import listen_url
+from client.urls import listen_url, watch_url
 
 
 @dataclass
@@ -164,10 +166,69 @@ async def run_client(
     `source` replaces the file/microphone input (tests, other programs); `stop`, when set, ends the input
     gracefully like a first Ctrl-C; `handle_sigint` installs that Ctrl-C behaviour (the CLI does).
     """
+    if options.watch is not None:
+        return await run_watch(options, stdout=stdout, stderr=stderr, stop=stop, handle_sigint=handle_sigint)
     report = await run_stream(
         options, source=source, stdout=stdout, stderr=stderr, stop=stop, handle_sigint=handle_sigint
     )
     return report.exit_code
+
+
+async def run_watch(
+    options: ClientOptions,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+    handle_sigint: bool = False,
+) -> int:
+    """Receive only (`--watch TAG`): captions of the streams sent with that tag until Ctrl-C (or `stop`)
+    or the server closes. 0 when the watch ended normally (also on a server restart), 1 on errors."""
+    assert options.watch is not None
+    console = Console(stdout, stderr, partials=options.interim and not options.json_output, progress=False)
+    sink = CaptionSink(console, json_output=options.json_output, interim=options.interim)
+    try:
+        url = watch_url(options.url, options.watch)
+    except ValueError as exc:
+        console.warn(f"error: {exc}")
+        return UsageError.exit_code
+    try:
+        ws = await connect_listen(url, options.api_key, open_timeout=options.open_timeout)
+    except ClientError as exc:
+        console.warn(f"error: {exc}")
+        return exc.exit_code
+    ended_here = asyncio.Event()
+    closing: set[asyncio.Future[None]] = set()
+
+    def end() -> None:
+        ended_here.set()
+        closing.add(asyncio.ensure_future(ws.close()))  # held until the loop below sees the close
+
+    loop = asyncio.get_running_loop()
+    if handle_sigint:
+        loop.add_signal_handler(signal.SIGINT, end)
+    waiter = asyncio.create_task(stop.wait()) if stop is not None else None
+    if waiter is not None:
+        waiter.add_done_callback(lambda _: end())
+    try:
+        async for text in ws:
+            if isinstance(text, str):
+                sink.handle(text)
+    except ConnectionClosed:
+        pass
+    finally:
+        if handle_sigint:
+            loop.remove_signal_handler(signal.SIGINT)
+        if waiter is not None:
+            waiter.cancel()
+    console.finish()
+    code, reason = ws.close_code, ws.close_reason
+    if ended_here.is_set() or code in (1000, 1001, 1012):
+        if code == 1012:
+            console.warn("the server is shutting down: the watch ended")
+        return 0
+    console.warn(f"error: the server closed the watch ({code}{': ' + reason if reason else ''})")
+    return 1
 
 
 async def run_stream(
@@ -211,6 +272,7 @@ async def run_stream(
             model=options.model,
             interim=options.interim,
             utterance_end_ms=options.utterance_end_ms,
+            tag=options.tag,
         )
     except ValueError as exc:
         console.warn(f"error: {exc}")

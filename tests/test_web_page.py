@@ -3,6 +3,7 @@ process: the fake capture device plays a real recording as the microphone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -103,3 +104,207 @@ async def test_microphone_captions_match_the_offline_transcript(
     assert " ".join(text for *_, text in cues) == page_text
     assert [c[0] for c in cues] == sorted(c[0] for c in cues)
     assert not errors
+
+
+# ---- with the tone engine: deterministic words, quick servers ----
+
+
+def tone_file(
+    path: Path, *phrases: list[str], lead_s: float = 3.0, gap_s: float = 1.0, tail_s: float = 3.0
+) -> Path:
+    """Speech the fake:tone model reads as `phrases`, as a fake-microphone or drop-in file."""
+    import numpy as np
+    import soundfile as sf
+
+    from streamer.engine.fake import tone_phrase
+
+    parts = [np.zeros(int(lead_s * 16000), np.float32)]
+    for i, words in enumerate(phrases):
+        parts += [tone_phrase(words, seed=i), np.zeros(int(gap_s * 16000), np.float32)]
+    parts.append(np.zeros(int(tail_s * 16000), np.float32))
+    sf.write(str(path), np.concatenate(parts), 16000, subtype="PCM_16")
+    return path
+
+
+@pytest_asyncio.fixture
+async def tone_server() -> AsyncIterator[ServerProcess]:
+    process = ServerProcess(["--model", "en=fake:tone"])
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
+async def launch(p: Any, microphone: Path | None = None) -> Any:
+    return await p.chromium.launch(executable_path=str(chromium_path()), args=browser_args(microphone))
+
+
+async def final_text(page: Any) -> str:
+    return " ".join(" ".join(await page.locator("#captions p.paragraph").all_text_contents()).split())
+
+
+async def test_dropped_recording_is_captioned_and_cues_match_the_python_client(
+    tone_server: ServerProcess, tmp_path: Path
+) -> None:
+    recording = tone_file(tmp_path / "talk.wav", ["abc", "bad"], ["cafe", "dab"], lead_s=0.3, tail_s=1.0)
+    data = recording.read_bytes()
+    async with playwright_api.async_playwright() as p:
+        browser = await launch(p)
+        page = await browser.new_page(accept_downloads=True)
+        await page.goto(tone_server.url + "/")
+        await page.wait_for_function("document.querySelector('#language').options.length > 0")
+        await page.uncheck("#realtime")  # as fast as possible
+        await page.evaluate(
+            """async (bytes) => {
+                const file = new File([new Uint8Array(bytes)], "talk.wav", {type: "audio/wav"});
+                const transfer = new DataTransfer();
+                transfer.items.add(file);
+                const drop = new DragEvent("drop", {dataTransfer: transfer, bubbles: true});
+                document.getElementById("drop").dispatchEvent(drop);
+            }""",
+            list(data),
+        )
+        await page.wait_for_function(
+            "document.querySelector('#status').textContent === 'Stopped.'", timeout=20_000
+        )
+        assert await final_text(page) == "abc bad cafe dab"
+        assert await page.locator("#progress").evaluate("p => p.value") == 1
+        # The page's cue module and the terminal client's give the same SRT for the same words.
+        words = [
+            {"word": w, "start": s, "end": e}
+            for w, s, e in [("one", 0.0, 0.4), ("two", 0.5, 0.9), ("three", 3.0, 3.3), ("four", 3.4, 9.0)]
+            + [(f"w{i}", 9.0 + i * 0.3, 9.2 + i * 0.3) for i in range(20)]
+        ]
+        load = "const m = await import('/static/js/cues.js'); const cues = m.buildCues(words);"
+        js_srt = await page.evaluate(f"async (words) => {{ {load} return m.toSrt(cues); }}", words)
+        js_vtt = await page.evaluate(f"async (words) => {{ {load} return m.toVtt(cues); }}", words)
+        await browser.close()
+    from client.captions import build_cues, to_srt, to_vtt
+    from client.messages import Word
+
+    cues = build_cues([Word(w["word"], w["start"], w["end"]) for w in words])
+    assert js_srt == to_srt(cues) and js_vtt == to_vtt(cues)
+
+
+async def test_watch_view_follows_a_stream_sent_by_the_terminal_client(
+    tone_server: ServerProcess, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    recording = tone_file(tmp_path / "talk.wav", ["abc", "bad"], ["cafe"], lead_s=0.3, tail_s=1.0)
+    OUT.mkdir(exist_ok=True)
+    async with playwright_api.async_playwright() as p:
+        browser = await launch(p)
+        page = await browser.new_page(viewport={"width": 960, "height": 300})
+        await page.goto(tone_server.url + "/watch?tag=stage&lines=2&overlay=1&size=40")
+        await page.wait_for_timeout(500)  # the watcher is connected before the stream starts
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "client",
+            "--url",
+            tone_server.url,
+            "--file",
+            str(recording),
+            "--tag",
+            "stage",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await client.communicate()
+        assert client.returncode == 0, err
+        await page.wait_for_function(
+            "document.querySelector('#lines').textContent.includes('cafe')", timeout=10_000
+        )
+        lines = await page.locator("#lines p").all_text_contents()
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        await page.screenshot(path=str(OUT / "watch-overlay.png"))
+        await browser.close()
+    assert lines == ["abc bad", "cafe"] and out.decode().strip() == "abc bad cafe"
+    assert background == "rgba(0, 0, 0, 0)"  # transparent: an OBS browser source shows the video behind
+
+
+async def test_wrong_key_and_busy_server_are_explained(tmp_path: Path) -> None:
+    microphone = tone_file(tmp_path / "mic.wav", ["abc"])
+    server = ServerProcess(["--model", "en=fake:tone", "--api-key", "right-key", "--max-streams", "1"])
+    await server.start()
+    try:
+        async with playwright_api.async_playwright() as p:
+            browser = await launch(p, microphone)
+            page = await browser.new_page()
+            await page.goto(server.url + "/")
+            await page.wait_for_function("!document.querySelector('#key-field').hidden")
+            assert await page.text_content("#status") == "This server needs an API key."
+            await page.fill("#key", "wrong-key")
+            await page.dispatch_event("#key", "change")
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent.includes('not accepted')"
+            )
+            await page.fill("#key", "right-key")
+            await page.dispatch_event("#key", "change")
+            await page.wait_for_function("document.querySelector('#language').options.length > 0")
+            # Another client holds the only stream slot: the page says the server is busy and counts down.
+            from websockets.asyncio.client import connect
+
+            holder = await connect(server.ws_url(), additional_headers={"Authorization": "Token right-key"})
+            await page.click("#start")
+            await page.wait_for_function(
+                "/busy.*Retrying in \\d+ s/.test(document.querySelector('#status').textContent)",
+                timeout=10_000,
+            )
+            await holder.close()
+            await page.wait_for_function(
+                "['Listening…', 'Reconnected.'].includes(document.querySelector('#status').textContent)",
+                timeout=15_000,
+            )
+            await browser.close()
+    finally:
+        await server.stop()
+
+
+async def test_server_killed_mid_stream_is_reconnected_and_captions_kept(tmp_path: Path) -> None:
+    import signal
+
+    from tests.receivers import free_port
+
+    microphone = tone_file(
+        tmp_path / "mic.wav", ["abc", "bad"], ["cafe"], ["dab", "face"], gap_s=2.0, tail_s=8.0
+    )
+    port = free_port()
+    args = ["--model", "en=fake:tone"]
+    first = ServerProcess(args)
+    first.args[first.args.index("--port") + 1] = str(port)
+    await first.start()
+    async with playwright_api.async_playwright() as p:
+        browser = await launch(p, microphone)
+        page = await browser.new_page()
+        await page.goto(first.url + "/")
+        await page.wait_for_function("document.querySelector('#language').options.length > 0")
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.querySelector('#captions .paragraph')?.textContent.includes('bad')", timeout=15_000
+        )
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        await first.proc.wait()
+        await page.wait_for_function(
+            "/lost|Reconnecting|reached/.test(document.querySelector('#status').textContent)", timeout=10_000
+        )
+        shown_while_down = await final_text(page)
+        second = ServerProcess(args)
+        second.args[second.args.index("--port") + 1] = str(port)
+        await second.start()
+        try:
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent === 'Reconnected.'", timeout=20_000
+            )
+            await page.wait_for_function(
+                "document.querySelector('#captions').textContent.includes('face')", timeout=20_000
+            )
+            after = await final_text(page)
+            await browser.close()
+        finally:
+            await second.stop()
+    assert shown_while_down.startswith("abc") and after.startswith(shown_while_down)
