@@ -71,7 +71,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "STREAMER_API_KEYS_FILE",
         None,
         "file with one API key per line (# comments), optionally followed by max_streams=N to cap that "
-        "key's concurrent streams (429 beyond)",
+        "key's concurrent streams (429 beyond) and watch=all to let it watch every stream's tag",
         "FILE",
     ),
     _Option("--max-streams", "STREAMER_MAX_STREAMS", str(_DEFAULT_LIMITS.max_streams), "concurrent streams"),
@@ -392,8 +392,9 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _read_keys(path: str, source: str) -> list[tuple[str, int | None]]:
-    """`(key, max_streams or None)` per line of an API keys file: `KEY` or `KEY max_streams=N`.
+def _read_keys(path: str, source: str) -> list[tuple[str, int | None, bool]]:
+    """`(key, max_streams or None, watch_all)` per line of an API keys file:
+    `KEY [max_streams=N] [watch=all]`.
 
     Errors name the file and line, never the key (start-up errors end up in logs).
     """
@@ -401,22 +402,31 @@ def _read_keys(path: str, source: str) -> list[tuple[str, int | None]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
-    entries: list[tuple[str, int | None]] = []
+    entries: list[tuple[str, int | None, bool]] = []
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
         where = f"{source}: {path} line {number}"
         limit: int | None = None
+        watch_all = False
         for option in fields[1:]:
             if option.startswith("#"):
                 break  # a comment after the key
             name, sep, value = option.partition("=")
-            _check(sep == "=" and name == "max_streams", where, "expected KEY [max_streams=N]")
+            _check(
+                sep == "=" and name in ("max_streams", "watch"),
+                where,
+                "expected KEY [max_streams=N] [watch=all]",
+            )
+            if name == "watch":
+                _check(value == "all", where, f"watch= takes only 'all', got {value!r}")
+                watch_all = True
+                continue
             limit = _int(where, value)
             _check(limit >= 1, where, f"max_streams must be >= 1, got {limit}")
         _check("," not in fields[0], where, "API keys must not contain commas")
-        entries.append((fields[0], limit))
+        entries.append((fields[0], limit, watch_all))
     return entries
 
 
@@ -443,12 +453,15 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
 
     keys: list[str] = list(args.api_key or _split(env.get("STREAMER_API_KEYS", "")))
     key_limits: dict[str, int] = {}
+    watchers: set[str] = set()
     source, keys_file = values.get("api_keys_file")
     if keys_file:
-        for key, limit in _read_keys(keys_file, source):
+        for key, limit, watch_all in _read_keys(keys_file, source):
             keys.append(key)
             if limit is not None:
                 key_limits[key] = limit
+            if watch_all:
+                watchers.add(key)
     origins = args.allowed_origin or _split(env.get("STREAMER_ALLOWED_ORIGINS", ""))
     _, tls_cert = values.get("tls_cert")
     _, tls_key = values.get("tls_key")
@@ -550,6 +563,7 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         models=models,
         api_keys=frozenset(keys),
         api_key_limits=tuple(sorted(key_limits.items())),
+        api_keys_watch_all=frozenset(watchers),
         allowed_origins=frozenset(normalise_origin(o) for o in origins),
         tls_cert=tls_cert or None,
         tls_key=tls_key or None,

@@ -219,6 +219,9 @@ class ServerConfig:
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)  # never in logs or reprs
     api_key_limits: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    api_keys_watch_all: frozenset[str] = field(default=frozenset(), repr=False)
+    """Keys that may watch any stream (`watch=all` in the keys file); the others watch their own streams'
+    tags only."""
     """(key, max concurrent streams) for keys with their own limit; the others share `limits.max_streams`."""
     allowed_origins: frozenset[str] = frozenset()
     """Browser origins allowed on /v1/listen (normalised, see `normalise_origin`); empty = any. Requests
@@ -249,6 +252,8 @@ class ServerConfig:
         for key in self.api_keys:
             if not key or any(c.isspace() for c in key) or "," in key:
                 raise ConfigError("API keys must be non-empty, without whitespace or commas")
+        if not self.api_keys_watch_all <= self.api_keys:
+            raise ConfigError("a watch=all entry names a key that is not configured")
         for key, limit in self.api_key_limits:
             # Never name the key in the message: it may end up in a log.
             if key not in self.api_keys:

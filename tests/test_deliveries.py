@@ -141,8 +141,8 @@ async def test_shutdown_closes_watchers_after_the_last_finals() -> None:
 
 def test_hub_drops_interims_for_slow_watchers_and_lets_go_of_one_that_never_reads() -> None:
     hub = WatchHub(history=3, queue=4, max_watchers=2, metrics=Metrics())
-    slow = hub.subscribe(tag_key("t"))
-    keys = [tag_key("t")]
+    slow = hub.subscribe(tag_key("t", "-"))
+    keys = [tag_key("t", "-")]
     for i in range(10):
         hub.publish(keys, f'{{"i":{i}}}', "partial")
     assert slow.outbox.qsize() == 4 and slow.closing is None  # interims coalesced, still connected
@@ -150,12 +150,12 @@ def test_hub_drops_interims_for_slow_watchers_and_lets_go_of_one_that_never_read
         hub.publish(keys, f'{{"f":{i}}}', "final")
     assert slow.closing is not None and slow.closing[0] == 1008  # finals piled up: let go
     # A new watcher starts with the last 3 finals; the hub is bounded in watchers.
-    fresh = hub.subscribe(tag_key("t"))
+    fresh = hub.subscribe(tag_key("t", "-"))
     assert [fresh.outbox._items[i].text for i in range(3)] == ['{"f":7}', '{"f":8}', '{"f":9}']  # type: ignore[union-attr]
     from streamer.errors import OverloadError
 
     with pytest.raises(OverloadError):
-        hub.subscribe(tag_key("u"))
+        hub.subscribe(tag_key("u", "-"))
     hub.unsubscribe(slow)
     hub.unsubscribe(fresh)
     assert hub.count == 0 and not hub.watched(keys)
@@ -326,3 +326,40 @@ async def test_prerecorded_callback_answers_at_once_and_posts_the_result() -> No
     assert set(answer) == {"request_id"} and result["metadata"]["request_id"] == answer["request_id"]
     transcripts = [a["transcript"] for c in result["results"]["channels"] for a in c["alternatives"]]
     assert transcripts == ["abc bad cafe"] and receiver.bad_signatures == 0
+
+
+async def test_tags_are_scoped_to_the_key_that_sent_them_unless_watch_all(tmp_path: Any) -> None:
+    from streamer.cli import build_config
+
+    keys = tmp_path / "keys"
+    keys.write_text("alpha\nbeta\nsupervisor watch=all max_streams=2\n")
+    cfg = build_config(["--api-keys-file", str(keys), "--model", "en=fake:tone"])
+    assert cfg.api_keys_watch_all == frozenset({"supervisor"})
+    cfg = replace(config(), api_keys=cfg.api_keys, api_keys_watch_all=cfg.api_keys_watch_all)
+    async with serve(cfg) as server, asyncio.timeout(30):
+        seen: dict[str, list[Json]] = {}
+        viewers = {}
+        for who in ("alpha", "beta", "supervisor"):
+            headers = {"Authorization": f"Token {who}"}
+            viewers[who] = await connect(watch_url(server.port, "tag=room"), additional_headers=headers)
+            seen[who] = []
+        tasks = [asyncio.create_task(watch_until_closed(v, seen[w])) for w, v in viewers.items()]
+        async with connect(
+            server.ws_url("tag=room"), additional_headers={"Authorization": "Token alpha"}
+        ) as ws:
+            await send_audio(ws, pcm16(utterances(["abc"])))
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            await drain(ws)
+        await asyncio.sleep(0.3)
+        for v in viewers.values():
+            await v.close()
+        await asyncio.gather(*tasks)
+    assert final_words(seen["alpha"]) == ["abc"] == final_words(seen["supervisor"])
+    assert seen["beta"] == []  # another key's holder does not see alpha's "room"
+
+
+def test_watch_all_must_name_a_configured_key() -> None:
+    from streamer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="watch=all"):
+        replace(config(), api_keys=frozenset({"a"}), api_keys_watch_all=frozenset({"b"}))

@@ -48,7 +48,7 @@ from streamer.server.outbox import Outbox, Outgoing
 from streamer.server.state import Job, ServedModel, ServerState
 from streamer.server.timed_stream import TimedStream
 from streamer.server.transport import Connection, Frame
-from streamer.server.watch import stream_key, tag_key
+from streamer.server.watch import owner_of, watch_keys
 from streamer.server.webhooks import WebhookQueue
 from streamer.transcript import Event, Transcript
 
@@ -131,7 +131,7 @@ class LiveStream:
         self._callback = params.callback or state.config.delivery.callback_url
         self._label = stream_label(self.id, self.dialect.name, params.tag, self.call_id)
         ids = [self.id] if self.call_id is None else [self.id, self.call_id]
-        self._watch_keys = [stream_key(i) for i in ids] + ([tag_key(params.tag)] if params.tag else [])
+        self._watch_keys = watch_keys(owner_of(self.key), params.tag, ids)
         self._bytes_per_second = params.audio_format.bytes_per_second()
         self._out.on_drop = state.metrics.interims_dropped.labels(self.model.name).inc
 

@@ -11,6 +11,7 @@ streams' last finals.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Literal
@@ -23,12 +24,33 @@ MAX_HISTORY_KEYS = 1024
 """Tags and streams whose last finals are remembered (least recently used forgotten first)."""
 
 
-def tag_key(tag: str) -> str:
-    return f"tag:{tag}"
+ANY_OWNER = "*"
+"""The namespace every stream also publishes into, which only keys with `watch=all` may watch."""
 
 
-def stream_key(stream_id: str) -> str:
-    return f"stream:{stream_id}"
+def owner_of(key: str | None) -> str:
+    """A stream's or watcher's namespace: a digest of its API key ("-" without one: auth off, or a phone
+    platform that signs instead). Tags are names within a namespace, so one key's holder cannot follow
+    another key's streams by guessing their tags."""
+    return "-" if key is None else hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def tag_key(tag: str, owner: str) -> str:
+    return f"tag:{owner}:{tag}"
+
+
+def stream_key(stream_id: str, owner: str) -> str:
+    return f"stream:{owner}:{stream_id}"
+
+
+def watch_keys(owner: str, tag: str | None, stream_ids: Sequence[str]) -> list[str]:
+    """Where a stream publishes: its owner's namespace and the watch-all one, by id and by tag."""
+    keys = []
+    for namespace in (owner, ANY_OWNER):
+        keys += [stream_key(i, namespace) for i in stream_ids]
+        if tag:
+            keys.append(tag_key(tag, namespace))
+    return keys
 
 
 class Watcher:

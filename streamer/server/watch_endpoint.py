@@ -15,7 +15,7 @@ from streamer.server.auth import authorize, offered_protocols
 from streamer.server.errors import NotWebSocket, error_response
 from streamer.server.state import STATE
 from streamer.server.transport import reason_bytes
-from streamer.server.watch import Watcher, stream_key, tag_key
+from streamer.server.watch import ANY_OWNER, Watcher, owner_of, stream_key, tag_key
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,14 @@ async def watch_handler(request: web.Request) -> web.StreamResponse:
     request_id = str(uuid.uuid4())
     try:
         admit(state, request)
-        authorize(state.config.api_keys, request)
+        api_key = authorize(state.config.api_keys, request)
         tag, stream = request.query.get("tag"), request.query.get("stream")
         if bool(tag) == bool(stream):
             raise RequestError("name one tag or one stream to watch: /v1/watch?tag=NAME or ?stream=ID", "tag")
-        key = tag_key(tag) if tag else stream_key(stream or "")
+        # Auth off: one namespace for all. With keys: the key's own streams, or all with watch=all.
+        sees_all = api_key is not None and api_key in state.config.api_keys_watch_all
+        owner = ANY_OWNER if sees_all else owner_of(api_key)
+        key = tag_key(tag, owner) if tag else stream_key(stream or "", owner)
         ws = web.WebSocketResponse(
             protocols=("token",) if "token" in offered_protocols(request) else (),
             max_msg_size=64 * 1024,
