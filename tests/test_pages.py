@@ -84,3 +84,17 @@ def test_watch_and_sending_options_exclude_each_other(capsys: pytest.CaptureFixt
 
     assert main(["--watch", "x", "--tag", "y"]) == 2
     assert "--watch only receives" in capsys.readouterr().err
+
+
+async def test_own_page_origin_is_allowed_when_origins_are_restricted() -> None:
+    from websockets.asyncio.client import connect
+
+    from tests.test_server import handshake_error
+
+    cfg = config(allowed_origins=frozenset({"https://captions.example.com"}))
+    async with serve(cfg) as server:
+        own = f"http://127.0.0.1:{server.port}"
+        async with connect(server.ws_url(), origin=own) as ws:  # type: ignore[arg-type]
+            await ws.send(b"")
+        status, _, _ = await handshake_error(server.ws_url(), origin="http://127.0.0.1:1")  # type: ignore[arg-type]
+        assert status == 403  # another port is another origin

@@ -308,3 +308,37 @@ async def test_server_killed_mid_stream_is_reconnected_and_captions_kept(tmp_pat
         finally:
             await second.stop()
     assert shown_while_down.startswith("abc") and after.startswith(shown_while_down)
+
+
+async def test_denied_microphone_is_explained_and_own_origin_always_allowed(
+    tone_server: ServerProcess, tmp_path: Path
+) -> None:
+    async with playwright_api.async_playwright() as p:
+        # No fake-UI flag: the permission prompt is dismissed, as when a user clicks "Block".
+        browser = await p.chromium.launch(
+            executable_path=str(chromium_path()), args=["--use-fake-device-for-media-stream"]
+        )
+        page = await browser.new_page()
+        await page.goto(tone_server.url + "/")
+        await page.wait_for_function("document.querySelector('#language').options.length > 0")
+        await page.click("#start")
+        await page.wait_for_function("document.querySelector('#status').textContent.includes('permission')")
+        assert await page.locator("#status.error").count() == 1
+        assert not await page.is_disabled("#start")
+        await browser.close()
+    # Origins restricted to another site: the server's own page still works (same origin).
+    server = ServerProcess(["--model", "en=fake:tone", "--allowed-origin", "https://captions.example.com"])
+    await server.start()
+    try:
+        async with playwright_api.async_playwright() as p:
+            browser = await launch(p, tone_file(tmp_path / "mic.wav", ["abc"], tail_s=2.0))
+            page = await browser.new_page()
+            await page.goto(server.url + "/")
+            await page.wait_for_function("document.querySelector('#language').options.length > 0")
+            await page.click("#start")
+            await page.wait_for_function(
+                "document.querySelector('#captions .paragraph')?.textContent.includes('abc')", timeout=15_000
+            )
+            await browser.close()
+    finally:
+        await server.stop()

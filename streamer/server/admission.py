@@ -7,6 +7,7 @@ once the dialect knows the key and the model; `admit` runs first, with no await 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,11 +23,15 @@ def check_origin(allowed: frozenset[str], request: web.Request) -> None:
 
     Browsers always send Origin on a WebSocket handshake (and on cross-origin POSTs); other clients
     usually send none, and a missing Origin is allowed: the check protects users' browsers from foreign
-    pages (which could otherwise use a browser's network position), not the server from clients.
+    pages (which could otherwise use a browser's network position), not the server from clients. The
+    server's own page (an Origin naming the Host it was served from) is always allowed.
     """
     origin = request.headers.get("Origin")
-    if allowed and origin is not None and normalise_origin(origin) not in allowed:
-        raise ForbiddenOrigin(f"origin {origin[:100]!r} is not allowed", "Origin")
+    if not allowed or origin is None or normalise_origin(origin) in allowed:
+        return
+    if urlsplit(normalise_origin(origin)).netloc == request.host.lower():
+        return  # the server's own page (same origin): never a foreign site
+    raise ForbiddenOrigin(f"origin {origin[:100]!r} is not allowed", "Origin")
 
 
 def admit(state: ServerState, request: web.Request) -> None:

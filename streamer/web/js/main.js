@@ -42,6 +42,11 @@ async function loadModels() {
     status(key ? "The API key was not accepted." : "This server needs an API key.", true);
     return false;
   }
+  if (!response.ok) {
+    const problem = await diagnose(socketUrl("/v1/listen", {}), key);
+    status(problem.status === 426 ? `The server answered ${response.status}.` : problem.message, true);
+    return false;
+  }
   const { stt } = await response.json();
   const languages = [...new Set(stt.flatMap((m) => m.languages))];
   $("language").replaceChildren(...languages.map((l) => new Option(l, l)));
