@@ -80,6 +80,10 @@ async def test_microphone_captions_match_the_offline_transcript(
         )
         await page.goto(server.url + "/")
         await page.wait_for_function("document.querySelector('#language').options.length > 0")
+        await page.fill("#tag", "main-room")
+        watch_tab = await browser.new_page()  # a second tab follows the same captions in the watch view
+        await watch_tab.goto(server.url + "/watch?tag=main-room&lines=50")
+        await watch_tab.wait_for_timeout(500)
         await page.click("#start")
         # The fake microphone plays 3 s of silence, the 11.7 s clip, then silence: let it play out.
         await page.wait_for_timeout(17_000)
@@ -91,6 +95,8 @@ async def test_microphone_captions_match_the_offline_transcript(
             await page.click("#save-srt")
         download = await download_info.value
         srt = Path(await download.path()).read_text()
+        watched = " ".join(await watch_tab.locator("#lines p:not(.interim)").all_text_contents())
+        await watch_tab.screenshot(path=str(OUT / "watch-tab.png"))
         await browser.close()
     page_text = " ".join(" ".join(shown).split())
     reference = offline_text(recording)
@@ -102,6 +108,7 @@ async def test_microphone_captions_match_the_offline_transcript(
     assert received[-1]["type"] == "Metadata"
     cues = parse_srt(srt)
     assert " ".join(text for *_, text in cues) == page_text
+    assert " ".join(watched.split()) == page_text
     assert [c[0] for c in cues] == sorted(c[0] for c in cues)
     assert not errors
 
@@ -308,6 +315,52 @@ async def test_server_killed_mid_stream_is_reconnected_and_captions_kept(tmp_pat
         finally:
             await second.stop()
     assert shown_while_down.startswith("abc") and after.startswith(shown_while_down)
+
+
+async def test_server_restart_mid_stream_is_resumed_without_losing_or_repeating_words(tmp_path: Path) -> None:
+    from tests.receivers import free_port
+
+    phrases = (["abc", "bad"], ["cafe"], ["dab", "face"], ["bead", "fade"])
+    microphone = tone_file(tmp_path / "mic.wav", *phrases, gap_s=1.5, tail_s=8.0)
+    port = free_port()
+    args = ["--model", "en=fake:tone", "--drain-timeout", "0", "--port", str(port)]
+    secret = {"STREAMER_RESUME_SECRET": "page-resume-test"}
+    first = ServerProcess(args, env=secret)
+    await first.start()
+    async with playwright_api.async_playwright() as p:
+        browser = await launch(p, microphone)
+        page = await browser.new_page()
+        await page.goto(first.url + "/")
+        await page.wait_for_function("document.querySelector('#language').options.length > 0")
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.querySelector('#captions').textContent.includes('cafe')", timeout=20_000
+        )
+        code = await first.stop()  # SIGTERM: no drain, the stream is handed over with 1012
+        assert code == 0
+        second = ServerProcess(args, env=secret)
+        await second.start()
+        try:
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent.startsWith('Reconnected: the stream goes on')",
+                timeout=20_000,
+            )
+            await page.wait_for_function(
+                "document.querySelector('#captions').textContent.includes('fade')", timeout=30_000
+            )
+            await page.click("#stop")
+            await page.wait_for_function("document.querySelector('#status').textContent === 'Stopped.'")
+            words = await page.evaluate(
+                "window.streamerPage.state.captions.words().map((w) => [w.word, w.start])"
+            )
+            await browser.close()
+        finally:
+            await second.stop()
+    resumed = [line for line in second.log_lines if "resumes stream" in line]
+    assert len(resumed) == 1, second.log_lines
+    assert [w for w, _ in words] == [w for phrase in phrases for w in phrase]
+    starts = [t for _, t in words]
+    assert starts == sorted(starts) and starts[-1] > 8.0, "times of the whole stream, across the restart"
 
 
 async def test_denied_microphone_is_explained_and_own_origin_always_allowed(
