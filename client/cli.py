@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--file progress bar on stderr (default: when stderr is a terminal)",
     )
     p.add_argument(
+        "--resume-buffer",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds of audio kept since the last final, replayed when the server restarts or the "
+        "connection drops, so the stream continues where it was (0: no resuming; default %(default)g)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=10.0,
@@ -123,6 +131,7 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         close_timeout=args.timeout,
         tag=args.tag or None,
         watch=args.watch or None,
+        resume_buffer_s=args.resume_buffer,
     )
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -26,7 +26,7 @@ from websockets.exceptions import (
 from websockets.frames import Close
 
 from client.errors import ConnectError, RejectedError, StreamError, UsageError
-from client.sources import BYTES_PER_SECOND, AudioSource
+from client.sources import BYTES_PER_SECOND
 
 CLOSE_STREAM = json.dumps({"type": "CloseStream"})
 METADATA_GRACE_S = 2.0
@@ -142,6 +142,8 @@ class StreamOutcome:
 
     sent_bytes: int = 0
     close_sent: bool = False
+    received: int = 0
+    """Text messages received."""
     metadata: dict[str, Any] | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -151,13 +153,19 @@ class StreamOutcome:
         return self.sent_bytes / BYTES_PER_SECOND
 
 
+class BlockSource(Protocol):
+    """Where a stream's audio comes from: an `AudioSource`, or a `client.resume.ResumableFeed`."""
+
+    def blocks(self) -> AsyncIterator[bytes]: ...
+
+
 class StreamSession:
     """One stream over an open connection; see the module docstring. `run()` may be called once."""
 
     def __init__(
         self,
         ws: ClientConnection,
-        source: AudioSource,
+        source: BlockSource,
         on_text: Callable[[str], None],
         *,
         on_sent: Callable[[float], None] | None = None,
@@ -230,6 +238,7 @@ class StreamSession:
                 self._record_close(exc.rcvd)
                 return
             if isinstance(message, str):
+                outcome.received += 1
                 if _is_metadata(message):
                     outcome.metadata = _loads_or_empty(message)
                 self.on_text(message)

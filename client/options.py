@@ -43,6 +43,10 @@ class ClientOptions:
     """Sent as `tag`: screens can follow this stream with `--watch TAG` or the page's watch view."""
     watch: str | None = None
     """Receive only: show the captions of the streams sent with this tag (`/v1/watch`), send no audio."""
+    resume_buffer_s: float = 120.0
+    """Audio kept since the last final to replay after a server restart or a dropped connection (0: off)."""
+    resume_attempts: int = 8
+    """Reconnections in a row (with back-off) before a cut stream is given up."""
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -53,3 +57,5 @@ class ClientOptions:
             raise ValueError("mic_queue_blocks must be >= 1")
         if self.open_timeout <= 0 or self.close_timeout <= 0:
             raise ValueError("timeouts must be > 0 s")
+        if self.resume_buffer_s < 0:
+            raise ValueError("--resume-buffer must be >= 0 s")

@@ -20,11 +20,12 @@ from typing import Any, TextIO
 from websockets.exceptions import ConnectionClosed
 
 from client.captions import write_captions
-from client.connection import StreamSession, connect_listen
-from client.errors import ClientError, UsageError
+from client.connection import StreamOutcome, StreamSession, connect_listen
+from client.errors import ClientError, ConnectError, RejectedError, StreamError, UsageError
 from client.messages import Result, decode, error_description, message_type, parse_result
 from client.options import ClientOptions
-from client.sources import AudioSource, FileSource, MicrophoneSource
+from client.resume import RESUME_CLOSE_CODES, ResumableFeed
+from client.sources import BYTES_PER_SECOND, AudioSource, FileSource, MicrophoneSource
 from client.terminal import Console
 from client.urls import listen_url, watch_url
 
@@ -231,6 +232,75 @@ async def run_watch(
     return 1
 
 
+async def _stream_with_resume(
+    options: ClientOptions,
+    url: str,
+    source: AudioSource,
+    sink: CaptionSink,
+    console: Console,
+    interrupts: _Interrupts,
+) -> StreamOutcome:
+    """One stream, over as many connections as it takes: after a server restart or a dropped connection
+    it reconnects with back-off and resumes (client.resume), within `options.resume_attempts` in a row."""
+    feed = ResumableFeed(source, options.resume_buffer_s)
+    feed.start()
+
+    def on_text(text: str) -> None:
+        feed.observe(text)
+        sink.handle(text)
+
+    next_url, attempts = url, 0
+    try:
+        while True:
+            try:
+                ws = await connect_listen(next_url, options.api_key, open_timeout=options.open_timeout)
+            except (ConnectError, RejectedError) as exc:
+                busy = isinstance(exc, RejectedError) and exc.status in (502, 503, 504)
+                if attempts == 0 or not (busy or isinstance(exc, ConnectError)):
+                    raise
+                if attempts >= options.resume_attempts:
+                    raise StreamError(
+                        f"could not resume the stream after {attempts} attempts: {exc}"
+                    ) from None
+                attempts += 1
+                await asyncio.sleep(_backoff(attempts))
+                continue
+            interrupts.streaming = True
+            session = StreamSession(
+                ws,
+                feed,
+                on_text,
+                on_sent=lambda _sent: console.progress(feed.sent_bytes / BYTES_PER_SECOND, source.duration_s),
+                close_timeout=options.close_timeout,
+            )
+            try:
+                outcome = await session.run()
+            except StreamError as exc:
+                code = session.outcome.close_code
+                if code not in RESUME_CLOSE_CODES or not feed.can_resume() or interrupts.aborted:
+                    raise
+                if attempts >= options.resume_attempts:
+                    raise StreamError(f"{exc} (gave up after {attempts} attempts to resume)") from None
+                attempts = 0 if session.outcome.received else attempts
+                attempts += 1
+                next_url, lost = feed.resume_url(url)
+                console.finish()
+                console.warn(f"{exc}: resuming the stream")
+                if lost:
+                    console.warn(f"warning: {lost:.1f} s of audio were lost (beyond --resume-buffer)")
+                await asyncio.sleep(_backoff(attempts))
+                continue
+            outcome.sent_bytes = feed.sent_bytes
+            return outcome
+    finally:
+        await feed.close()
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before reconnection `attempt` (1, 2, ...): 0.25 s doubling up to 4 s."""
+    return float(min(4.0, 0.25 * 2 ** (attempt - 1)))
+
+
 async def run_stream(
     options: ClientOptions,
     *,
@@ -273,6 +343,7 @@ async def run_stream(
             interim=options.interim,
             utterance_end_ms=options.utterance_end_ms,
             tag=options.tag,
+            resumable=options.resume_buffer_s > 0,
         )
     except ValueError as exc:
         console.warn(f"error: {exc}")
@@ -283,16 +354,7 @@ async def run_stream(
     try:
         with _sigint_handler(interrupts, handle_sigint):
             async with source:
-                ws = await connect_listen(url, options.api_key, open_timeout=options.open_timeout)
-                interrupts.streaming = True
-                session = StreamSession(
-                    ws,
-                    source,
-                    sink.handle,
-                    on_sent=lambda sent: console.progress(sent, source.duration_s),
-                    close_timeout=options.close_timeout,
-                )
-                outcome = await session.run()
+                outcome = await _stream_with_resume(options, url, source, sink, console, interrupts)
                 metadata = outcome.metadata
                 console.progress(outcome.sent_seconds, source.duration_s, force=True)
                 if not outcome.close_sent and interrupts.presses == 0:

@@ -19,6 +19,7 @@ def listen_url(
     interim: bool = True,
     utterance_end_ms: int = 1000,
     tag: str | None = None,
+    resumable: bool = False,
 ) -> str:
     """`ws(s)://host[:port][/prefix]/v1/listen?...` for a base like `ws://h:8000`, `https://h/x`, `h:8000`.
 
@@ -40,6 +41,8 @@ def listen_url(
         params["model"] = model
     if tag:
         params["tag"] = tag
+    if resumable:  # the client replays its audio after a restart: the server need not cut utterances
+        params["resumable"] = "true"
     return _endpoint(base, LISTEN_PATH, params)
 
 

@@ -85,7 +85,16 @@ _OPTIONS: tuple[_Option, ...] = (
         "--shutdown-grace",
         "STREAMER_SHUTDOWN_GRACE",
         f"{_DEFAULT_LIMITS.shutdown_grace_s:g}",
-        "seconds to flush live streams on SIGTERM before cancelling them",
+        "seconds to flush live streams once they are ended (after the drain, or at once on SIGINT) "
+        "before cancelling them",
+    ),
+    _Option(
+        "--drain-timeout",
+        "STREAMER_DRAIN_TIMEOUT",
+        f"{_DEFAULT_LIMITS.drain_timeout_s:g}",
+        "seconds that running streams may go on after SIGTERM (the server is then not ready and refuses "
+        "new streams); then their finals are flushed and they close with 1012; a second SIGTERM or a "
+        "SIGINT ends them at once",
     ),
     _Option(
         "--max-message-bytes",
@@ -160,6 +169,22 @@ _OPTIONS: tuple[_Option, ...] = (
         "HMAC-SHA256 key that signs webhook posts (X-Streamer-Signature); prefer the variable: flags show "
         "in process lists",
         "SECRET",
+    ),
+    _Option(
+        "--resume-secret",
+        "STREAMER_RESUME_SECRET",
+        None,
+        "key that signs stream resume tokens; give every replica behind one address the same one so a "
+        "stream cut by a restart continues on any of them (default: a random key per process); prefer "
+        "the variable",
+        "SECRET",
+    ),
+    _Option(
+        "--resume-ttl",
+        "STREAMER_RESUME_TTL",
+        "300",
+        "seconds a resume token stays valid after the final it came with",
+        "SECONDS",
     ),
     _Option(
         "--callback-hosts",
@@ -476,6 +501,7 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         max_message_bytes=values.convert("max_message_bytes", _int),
         max_body_bytes=values.convert("max_body_bytes", _int),
         shutdown_grace_s=values.convert("shutdown_grace", _float),
+        drain_timeout_s=values.convert("drain_timeout", _float),
         max_inflight_windows=values.convert("max_inflight", _int),
         max_busy_fraction=values.convert("max_busy", _float),
         max_queue_wait_s=values.convert("max_queue_wait", _float),
@@ -557,6 +583,8 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         ),
         audiosocket_host=values.get("audiosocket_host")[1] or None,
     )
+    resume_ttl = values.convert("resume_ttl", _float)
+    _check(resume_ttl > 0, values.get("resume_ttl")[0], f"must be > 0 s, got {resume_ttl:g}")
     return ServerConfig(
         host=values.convert("host", lambda _s, t: t.strip()),
         port=port,
@@ -573,6 +601,8 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         engine=engine,
         delivery=delivery,
         telephony=telephony,
+        resume_secret=(values.get("resume_secret")[1] or "").encode() or None,
+        resume_ttl_s=resume_ttl,
         vad=_vad_choice(vad_choice),
     )
 

@@ -82,6 +82,9 @@ class Limits:
       A 10 s window smooths the bursts of final passes at utterance ends.
     - 4 h per stream: longer than any call or meeting we expect, short enough that a forgotten client
       (KeepAlive forever) cannot hold a slot for days.
+    - 300 s of drain after SIGTERM: most calls end within five minutes, so a rolling restart cuts few;
+      the rest are closed with 1012 and clients that hold a resume token continue on another replica.
+      Kubernetes' terminationGracePeriodSeconds must cover it (plus preStop and the shutdown grace).
     - 64 results queued for a client that reads slowly (tens of seconds of interims, about 100 KB): beyond,
       the oldest interim results are dropped; finals never are, but when they alone fill it the server
       stops reading that client's audio.
@@ -92,6 +95,8 @@ class Limits:
     max_message_bytes: int = 4 * 1024 * 1024
     max_body_bytes: int = 100 * 1000 * 1000
     shutdown_grace_s: float = 10.0
+    drain_timeout_s: float = 300.0
+    """After SIGTERM: not ready and no new streams, while running ones go on for up to this long."""
     max_inflight_windows: int = 8
     max_busy_fraction: float = 0.9
     max_queue_wait_s: float = 1.0
@@ -110,6 +115,8 @@ class Limits:
             raise ConfigError(f"max body size must be >= 1024 bytes, got {self.max_body_bytes}")
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"shutdown grace must be >= 0 s, got {self.shutdown_grace_s}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"drain timeout must be >= 0 s, got {self.drain_timeout_s}")
         if self.max_inflight_windows < 1:
             raise ConfigError(f"max in-flight windows must be >= 1, got {self.max_inflight_windows}")
         if not 0 < self.max_busy_fraction <= 1:
@@ -235,6 +242,11 @@ class ServerConfig:
     engine: EngineOptions = field(default_factory=EngineOptions)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     telephony: TelephonyConfig = field(default_factory=TelephonyConfig)
+    resume_secret: bytes | None = field(default=None, repr=False)
+    """HMAC key of stream resume tokens, shared by every replica behind one address; None: a random key
+    per process (a stream then resumes only on the process that started it)."""
+    resume_ttl_s: float = 300.0
+    """How long a resume token stays valid after the final it came with."""
     vad: VadChoice = "auto"
     """Speech detector: webrtc, energy (for the `fake:tone` test engine), or auto (energy for fake models)."""
 

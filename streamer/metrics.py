@@ -110,6 +110,21 @@ class Metrics:
             registry=r,
         )
         self.tasks = Gauge("streamer_asyncio_tasks", "Tasks alive on the server's event loop.", registry=r)
+        self.max_streams = Gauge(
+            "streamer_max_streams",
+            "Concurrent streams this server admits (--max-streams); active/max is its stream load.",
+            registry=r,
+        )
+        self.stream_load = Gauge(
+            "streamer_stream_load_ratio",
+            "Streams being transcribed over --max-streams (1: full); what the autoscaler reads.",
+            registry=r,
+        )
+        self.draining = Gauge(
+            "streamer_draining",
+            "1 from SIGTERM on: not ready, no new streams, the running ones finish (--drain-timeout).",
+            registry=r,
+        )
         self.engine_busy = Gauge(
             "streamer_engine_busy_ratio",
             "Share of the load window (--load-window) the model's inference lanes were busy (1: all).",

@@ -25,6 +25,9 @@ from streamer.transcript import Event, SpeechStarted, Transcript, UtteranceEnd
 
 CALLBACK_INTERIMS = "callback_interim_results"
 """Our parameter (not Deepgram's): post interim results to the callback too, not only finals."""
+RESUMABLE = "resumable"
+"""Our parameter: the client replays its audio since the last final when it resumes (client.resume), so a
+restarting server leaves an unfinished utterance to the replica it resumes on instead of cutting it."""
 MAX_TAG_CHARS = 128
 
 # Deepgram parameters we accept and ignore, so that existing clients connect unchanged (README lists them).
@@ -44,12 +47,13 @@ LISTEN_PARAMS: frozenset[str] = frozenset(
         "callback",
         "callback_method",
         CALLBACK_INTERIMS,
+        RESUMABLE,
     }
 )
 """Query parameters of /v1/listen that this server implements."""
 
 FORMAT_PARAMS: frozenset[str] = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
-STREAM_OPTIONS: frozenset[str] = LISTEN_PARAMS - FORMAT_PARAMS
+STREAM_OPTIONS: frozenset[str] = LISTEN_PARAMS - FORMAT_PARAMS - {RESUMABLE}
 """The implemented parameters that are not about the audio format: what a phone platform's own options
 (Twilio customParameters, AudioHook customConfig, URL query, fork metadata) may set."""
 
@@ -155,6 +159,8 @@ class ListenParams:
     """Webhook the stream's finals are posted to (checked against the server's allowed hosts)."""
     callback_method: Literal["POST", "PUT"] = "POST"
     callback_interims: bool = False
+    resumable: bool = False
+    """The client resumes after a restart with its audio since the last final (see RESUMABLE)."""
     ignored: tuple[str, ...] = ()
     """Known Deepgram parameters accepted without effect."""
     unknown: tuple[str, ...] = ()
@@ -314,6 +320,7 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         callback=callback,
         callback_method="PUT" if method == "PUT" else "POST",
         callback_interims=_bool(query, CALLBACK_INTERIMS, False),
+        resumable=_bool(query, RESUMABLE, False),
         ignored=tuple(n for n in names if n in IGNORED_PARAMS),
         unknown=tuple(n for n in names if n not in IGNORED_PARAMS and n not in LISTEN_PARAMS),
     )
@@ -539,7 +546,13 @@ def _dumps(message: object) -> str:
 def with_stream(message: str, stream: str) -> str:
     """`message` (a JSON object made by this module) with a `"stream"` field holding `stream`, a JSON
     object from `stream_label`: how watchers and webhooks tell the streams they receive apart."""
-    return f'{message[:-1]},"stream":{stream}}}'
+    return with_field(message, "stream", stream)
+
+
+def with_field(message: str, name: str, value_json: str) -> str:
+    """`message` (a JSON object made by this module) with one more field, `name`, whose value is the
+    JSON text `value_json` (the message is not parsed again)."""
+    return f'{message[:-1]},"{name}":{value_json}}}'
 
 
 def stream_label(stream_id: str, dialect: str, tag: str | None, call_id: str | None) -> str:

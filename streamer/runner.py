@@ -55,9 +55,13 @@ class StreamRunner:
         self.stream.finalize()
         self._pump()
 
-    async def finish(self) -> None:
-        """Close the stream and wait for every final (or the first error)."""
-        self.stream.close()
+    async def finish(self, hand_over: bool = False) -> None:
+        """Close the stream and wait for every final (or the first error). `hand_over`: the client resumes
+        elsewhere, so an utterance still open is left to it (`Stream.hand_over`) instead of made final."""
+        if hand_over:
+            self.stream.hand_over()
+        else:
+            self.stream.close()
         self._pump()
         while not self.stream.done and self.error is None:
             self._idle.clear()

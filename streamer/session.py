@@ -176,6 +176,7 @@ class Session:
         self._last_word_end: float | None = None
         self._utterance_end_due = False
         self._closed = False
+        self._final_through = 0
         self.samples_received = 0
         self.samples_to_model = 0
         self.speech_samples = 0
@@ -210,6 +211,21 @@ class Session:
             return
         self._apply(self._segmenter.flush())
         self._closed = True
+        self._schedule()
+
+    def hand_over(self) -> None:
+        """End of this connection at a server restart, when the client will resume elsewhere and replay
+        its audio since the last final: finish the segments that have ended, drop the open one (so the
+        replica that resumes the stream transcribes that utterance whole instead of both cutting it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._segments and not self._segments[-1].ended:
+            open_segment = self._segments.pop()
+            for request_id, pending in list(self._pending.items()):
+                if pending.segment is open_segment:
+                    del self._pending[request_id]
+                    self._cancelled.append(request_id)
         self._schedule()
 
     @property
@@ -475,6 +491,7 @@ class Session:
         start = (seg.start_sample + first_frame * fs) / SAMPLE_RATE
         end = seg.start_sample + (end_sample if end_sample is not None else (first_frame + len(frames)) * fs)
         end_s = max(start, end / SAMPLE_RATE)
+        self._final_through = max(self._final_through, end)
         if words:
             self._last_word_end = words[-1].end
             self._utterance_end_due = self.config.utterance_end_ms is not None
@@ -487,13 +504,14 @@ class Session:
                 is_final=True,
                 speech_final=speech_final,
                 from_finalize=from_finalize,
+                final_through=self._final_through,
             )
         )
         self._last_partial = None
 
     def _emit_empty_finalize(self) -> None:
         t = round(self.stream_time, 3)
-        self._events.append(Transcript(self.channel, t, 0.0, (), True, False, True))
+        self._events.append(Transcript(self.channel, t, 0.0, (), True, False, True, self._final_through))
 
     def _emit_partial(self) -> None:
         if not self.config.interim_results or not self._segments:

@@ -3,18 +3,37 @@
 `Stream(engine, config, fmt)`: `receive_bytes(chunk)`, `finalize()`, `close()`; `take_requests()` gives
 `WindowRequest`s (each names its channel), answered by `receive_logprobs(request, logprobs)`;
 `take_events()` gives events of every channel in the order they happened.
+
+A resumed stream (`start=StreamStart(...)`) begins mid-stream: its audio starts at `start.at` of the
+whole stream, each channel drops what it had already made final and reports whole-stream times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from streamer import SAMPLE_RATE
 from streamer.audio import AudioDecoder, AudioFormat
 from streamer.ctc import FloatArray
 from streamer.engine.base import Engine
 from streamer.session import Session, StreamingConfig, WindowRequest
-from streamer.transcript import Event
+from streamer.transcript import Event, shifted
 from streamer.vad import SpeechDetector
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """Where a resumed stream's audio begins (`at`, 16 kHz samples of the whole stream) and up to where
+    each channel is already final (`final_through`); a channel skips the replayed audio before that."""
+
+    at: int
+    final_through: Sequence[int]
+
+    def origin(self, channel: int) -> int:
+        """The stream sample where `channel`'s new session starts (audio between its last final and a
+        later `at` was lost)."""
+        return max(self.at, self.final_through[channel])
 
 
 class Stream:
@@ -26,20 +45,27 @@ class Stream:
         config: StreamingConfig,
         fmt: AudioFormat,
         detector_factory: Callable[[], SpeechDetector] | None = None,
+        start: StreamStart | None = None,
     ) -> None:
         self.format = fmt
         self.decoder = AudioDecoder(fmt)
+        channels = fmt.output_channels
+        if start is not None and len(start.final_through) != channels:
+            raise ValueError(f"resume point has {len(start.final_through)} channels, the stream {channels}")
         self.sessions = [
             Session(engine, config, channel=i, detector=detector_factory() if detector_factory else None)
-            for i in range(fmt.output_channels)
+            for i in range(channels)
         ]
+        self.start_sample = start.at if start is not None else 0
+        self._channel_origins = [start.origin(i) if start is not None else 0 for i in range(channels)]
+        self._skip = [origin - self.start_sample for origin in self._channel_origins]
         self.bytes_received = 0
         self._closed = False
 
     @property
     def duration(self) -> float:
-        """Seconds of audio received (at the input rate), per channel."""
-        return self.decoder.input_samples / self.format.sample_rate
+        """Seconds of the whole stream (a resumed one counts from the stream's beginning), per channel."""
+        return self.start_sample / SAMPLE_RATE + self.decoder.input_samples / self.format.sample_rate
 
     @property
     def closed(self) -> bool:
@@ -50,7 +76,14 @@ class Stream:
         if self._closed:
             raise RuntimeError("stream is closed")
         self.bytes_received += len(chunk)
-        for session, samples in zip(self.sessions, self.decoder.decode(chunk), strict=True):
+        self._feed(self.decoder.decode(chunk))
+
+    def _feed(self, per_channel: Sequence[FloatArray]) -> None:
+        for i, (session, samples) in enumerate(zip(self.sessions, per_channel, strict=True)):
+            if self._skip[i]:  # replayed audio this channel had already made final
+                dropped = min(self._skip[i], len(samples))
+                self._skip[i] -= dropped
+                samples = samples[dropped:]
             if len(samples):
                 session.receive_audio(samples)
 
@@ -63,10 +96,17 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        for session, samples in zip(self.sessions, self.decoder.flush(), strict=True):
-            if len(samples):
-                session.receive_audio(samples)
+        self._feed(self.decoder.flush())
+        for session in self.sessions:
             session.close()
+
+    def hand_over(self) -> None:
+        """End of audio at a server restart for a client that resumes elsewhere (`Session.hand_over`)."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in self.sessions:
+            session.hand_over()
 
     def cancel(self) -> None:
         self._closed = True
@@ -87,7 +127,7 @@ class Stream:
         self.sessions[request.channel].fail_request(request.id)
 
     def take_events(self) -> list[Event]:
-        return [e for s in self.sessions for e in s.take_events()]
+        return [shifted(e, self._channel_origins[s.channel]) for s in self.sessions for e in s.take_events()]
 
     @property
     def done(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray, greedy_words, transcript_confidence
@@ -30,6 +30,9 @@ class Transcript:
     is_final: bool
     speech_final: bool = False
     from_finalize: bool = False
+    final_through: int | None = None
+    """Finals only: the channel's 16 kHz stream sample up to which all its audio is final after this one
+    (where a resumed stream would start over)."""
 
     @property
     def text(self) -> str:
@@ -53,6 +56,23 @@ class UtteranceEnd:
 
 
 Event = Transcript | SpeechStarted | UtteranceEnd
+
+
+def shifted(event: Event, samples: int) -> Event:
+    """`event` moved `samples` (16 kHz) later in stream time: a session that started mid-stream (a
+    resumed stream) reports times of the whole stream."""
+    if samples == 0:
+        return event
+    s = samples / SAMPLE_RATE
+    if isinstance(event, Transcript):
+        words = tuple(
+            Word(w.word, round(w.start + s, 4), round(w.end + s, 4), w.confidence) for w in event.words
+        )
+        through = None if event.final_through is None else event.final_through + samples
+        return replace(event, start=round(event.start + s, 4), words=words, final_through=through)
+    if isinstance(event, SpeechStarted):
+        return replace(event, timestamp=round(event.timestamp + s, 4))
+    return replace(event, last_word_end=round(event.last_word_end + s, 4))
 
 
 def render_words(

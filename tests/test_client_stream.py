@@ -249,6 +249,7 @@ def test_file_streams_to_the_server_and_writes_srt_vtt_and_transcript(
         "vad_events": ["true"],
         "utterance_end_ms": ["1000"],
         "model": ["tiny"],
+        "resumable": ["true"],  # the client replays its audio after a restart (--resume-buffer)
     }
     assert server.headers[0]["Authorization"] == "Token sekret"
 

@@ -227,7 +227,9 @@ class _Client:
 async def test_sigterm_flushes_every_live_stream_of_a_real_process() -> None:
     key = "sigterm-test-key-5d1f0c"
     async with (
-        ServerProcess(["--model", "en=fake:tone", "--shutdown-grace", "5", "--api-key", key]) as server,
+        ServerProcess(
+            ["--model", "en=fake:tone", "--shutdown-grace", "5", "--drain-timeout", "0", "--api-key", key]
+        ) as server,
         asyncio.timeout(60),
     ):
         clients = [_Client.make(seed) for seed in range(4)]

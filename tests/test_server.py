@@ -140,7 +140,7 @@ async def handshake_error(url: str, **kwargs: Any) -> tuple[int, Json, Any]:
 
 
 def check_results_schema(msg: Json) -> None:
-    assert set(msg) == {
+    deepgram = {
         "type",
         "channel_index",
         "duration",
@@ -151,6 +151,10 @@ def check_results_schema(msg: Json) -> None:
         "channel",
         "metadata",
     }
+    # Finals also carry our resume token (interim results do not).
+    assert set(msg) == (deepgram | {"resume"} if msg["is_final"] else deepgram)
+    if msg["is_final"]:
+        assert set(msg["resume"]) == {"token", "from"} and msg["resume"]["from"] >= 0
     assert isinstance(msg["channel_index"], list) and len(msg["channel_index"]) == 2
     assert all(isinstance(i, int) for i in msg["channel_index"])
     assert isinstance(msg["start"], float | int) and isinstance(msg["duration"], float | int)
@@ -753,6 +757,8 @@ async def test_process_serves_and_stops_gracefully_on_sigterm() -> None:
         "0",
         "--model",
         "en=fake:tone",
+        "--drain-timeout",
+        "0",  # this test is about the flush; tests/test_drain.py covers the drain
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,

@@ -129,7 +129,7 @@ class ServerProcess:
         return [line for line in self.log_lines if " ERROR " in line or "Traceback" in line]
 
     def terminate(self) -> None:
-        """Send SIGTERM once (a second one during shutdown would kill the server at once)."""
+        """Send SIGTERM once (the server drains; a second one would cut the drain short)."""
         if self.proc is not None and self.proc.returncode is None and not self._terminated:
             self._terminated = True
             with contextlib.suppress(ProcessLookupError):

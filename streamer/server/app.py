@@ -1,7 +1,7 @@
 """The aiohttp application: routes, lifecycle, TLS and the serving loop.
 
     app = create_app(config, engines={"en": ToneEngine()})  # engines injectable; None loads config.models
-    run(config)  # python -m streamer: load the models, serve, stop gracefully on SIGTERM
+    run(config)  # python -m streamer: load the models, serve, drain on SIGTERM, stop on SIGINT
 
 Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/v1/watch` (follow
 streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/asterisk`
@@ -103,21 +103,32 @@ async def _serve(config: ServerConfig, engines: dict[str, Engine], tls: ssl.SSLC
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
         log.info("listening on %s", _url(runner.addresses[0], "https" if tls is not None else "http"))
-        stop = asyncio.Event()
+        state = app[STATE]
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: signal.Signals) -> None:
-            if stop.is_set():
+            # SIGTERM (an orchestrator) drains: running streams go on for --drain-timeout. SIGINT (a person
+            # at a terminal), or a second SIGTERM, ends them now: finals flushed, 1012.
+            if not stop.is_set():
+                log.info("%s received: shutting down", signum.name)
+                stop.set()
+                if signum == signal.SIGINT:
+                    hurry.set()
+            elif not hurry.is_set():
+                log.info("%s received again: ending the running streams now", signum.name)
+                hurry.set()
+            else:
                 log.warning("%s again: already shutting down", signum.name)
-                return
-            log.info("%s received: shutting down", signum.name)
-            stop.set()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         await stop.wait()
-        # Drain while still listening, so that new handshakes get a clear 503 instead of a refused connection.
-        await app[STATE].shutdown()
+        # Drain while still listening, so that new handshakes get a clear 503 instead of a refused connection
+        # (and a load balancer's health check sees /readyz fail).
+        if not hurry.is_set():
+            await state.drain(config.limits.drain_timeout_s, hurry)
+        await state.shutdown()
     finally:
         await runner.cleanup()
     log.info("stopped")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from streamer import SAMPLE_RATE
 from streamer.errors import StreamerError
 from streamer.protocol import (
     ListenParams,
@@ -85,6 +86,10 @@ class LiveStream:
         self.dialect = accepted.dialect
         self.key = accepted.key
         self.id = request_id
+        """This connection's id (logs, the live-stream registry)."""
+        self.resume = accepted.resume
+        self.request_id = accepted.resume.request_id if accepted.resume is not None else request_id
+        """The id results carry: a resumed stream keeps the one its first connection had."""
         self.call_id: str | None = None
         self.created = datetime.now(UTC)
         self.model: ServedModel = state.models[accepted.model]
@@ -125,12 +130,13 @@ class LiveStream:
             params.streaming_config(state.config.streaming),
             params.audio_format,
             self.model.detector_factory(),
+            self.resume.start if self.resume is not None else None,
         )
         self.runner = StreamRunner(self.stream, self.model.batcher, self._on_event, self._on_error, self.id)
-        self.info = StreamInfo(self.id, params, self.model.identity)
+        self.info = StreamInfo(self.request_id, params, self.model.identity)
         self._callback = params.callback or state.config.delivery.callback_url
-        self._label = stream_label(self.id, self.dialect.name, params.tag, self.call_id)
-        ids = [self.id] if self.call_id is None else [self.id, self.call_id]
+        self._label = stream_label(self.request_id, self.dialect.name, params.tag, self.call_id)
+        ids = [self.request_id] if self.call_id is None else [self.request_id, self.call_id]
         self._watch_keys = watch_keys(owner_of(self.key), params.tag, ids)
         self._bytes_per_second = params.audio_format.bytes_per_second()
         self._out.on_drop = state.metrics.interims_dropped.labels(self.model.name).inc
@@ -214,6 +220,19 @@ class LiveStream:
             p.interim_results,
             "off" if p.endpointing_off else (p.endpointing_ms if p.endpointing_ms is not None else "default"),
         )
+        if self.resume is not None:
+            start = self.resume.start
+            log.info(
+                "stream %s: resumes stream %s at %.3f s (sample %d) (finals sent up to %s s)%s",
+                self.id,
+                self.request_id,
+                start.at / SAMPLE_RATE,
+                start.at,
+                ", ".join(f"{end / SAMPLE_RATE:.3f}" for end in start.final_through),
+                f"; {self.resume.lost_seconds:.3f} s of audio the client no longer had are lost"
+                if self.resume.lost_seconds
+                else "",
+            )
         if p.ignored or p.unknown:
             log.debug(
                 "stream %s: ignoring parameters: unimplemented %s, unknown %s",
@@ -371,7 +390,8 @@ class LiveStream:
         flush = end.flushes or (end.kind == "client_closed" and self._delivers_elsewhere())
         try:
             if flush and self.runner is not None:
-                await self.runner.finish()
+                resumes = end.kind == "shutdown" and self.params is not None and self.params.resumable
+                await self.runner.finish(hand_over=resumes)
                 if self.runner.error is not None:
                     end = End("engine_error", str(self.runner.error))
                     flush = False
@@ -427,7 +447,7 @@ class LiveStream:
 
     def summary(self) -> StreamSummary:
         return StreamSummary(
-            request_id=self.id,
+            request_id=self.request_id,
             created=self.created,
             duration=self.duration,
             channels=self.params.output_channels if self.params is not None else 1,
@@ -474,7 +494,7 @@ class LiveStream:
         # Finals are always encoded: a watcher who joins later gets the last few.
         if kind != "final" and not to_webhook and not self.state.watch.watched(self._watch_keys):
             return
-        text = event_message(event, self.info.channels, self.info.model, self.id, params.vad_events)
+        text = event_message(event, self.info.channels, self.info.model, self.request_id, params.vad_events)
         if text is not None:
             self._deliver(text, kind, must_deliver=kind == "final", channel=channel, to_webhook=to_webhook)
 
@@ -493,7 +513,7 @@ class LiveStream:
         if to_webhook and self._callback is not None:
             if self._webhook is None:
                 method = self.params.callback_method if self.params is not None else "POST"
-                self._webhook = self.state.webhooks.open(self.id, self._callback, method)
+                self._webhook = self.state.webhooks.open(self.request_id, self._callback, method)
             self._webhook.put(text, must_deliver)
 
     def _on_error(self, exc: Exception) -> None:

@@ -1,13 +1,15 @@
 """Per-app state: the served models (engine, batcher, identity), metrics, capacity and lifecycle.
 
 `ServerState(config, engines, owns_engines)`; `await start()`, `reserve()`/`release()` around every stream
-or request, `await shutdown()` (stop accepting, drain within the grace period; idempotent), `await close()`.
+or request, `await drain(timeout)` (SIGTERM: not ready, running streams go on), `await shutdown()` (stop
+accepting, end and flush every stream within the grace period; idempotent), `await close()`.
 `app[STATE]` holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -28,6 +30,7 @@ from streamer.metrics import Metrics
 from streamer.protocol import ModelIdentity, ModelInfo
 from streamer.server.errors import EngineSaturated, KeyLimitReached, ShuttingDown
 from streamer.server.http_signatures import NonceCache
+from streamer.server.resume import ResumeCodec
 from streamer.server.watch import WatchHub
 from streamer.server.webhooks import Webhooks
 from streamer.vad import SpeechDetector
@@ -79,6 +82,9 @@ def load_engines(config: ServerConfig) -> dict[str, Engine]:
 def _public_arch(engine_name: str) -> str:
     # An engine loaded from a folder is named by its path: clients get the folder's name, not our layout.
     return Path(engine_name).name if Path(engine_name).exists() else engine_name
+
+
+DRAIN_POLL_S = 0.25
 
 
 @dataclass(eq=False)
@@ -151,7 +157,9 @@ class ServerState:
         self.audiosocket_port: int | None = None
         """The AudioSocket listener's port once it listens (the configured one, or the one port 0 got)."""
         """Nonces of signed AudioHook handshakes, kept while their signatures could be replayed."""
+        self.resume = ResumeCodec(config.resume_secret, config.resume_ttl_s)
         self.accepting = True
+        self.draining = False
         self.started = False
         self._shutdown: asyncio.Task[None] | None = None
 
@@ -222,6 +230,10 @@ class ServerState:
         metrics = self.metrics
         metrics.live_sessions.set(len(self.live))
         metrics.tasks.set(len(asyncio.all_tasks()))
+        limit = self.config.limits.max_streams
+        metrics.max_streams.set(limit)
+        metrics.stream_load.set(self.active / limit if limit else 0.0)
+        metrics.draining.set(1.0 if self.draining or not self.accepting else 0.0)
         for name, model in self.models.items():
             snapshot = model.batcher.load.snapshot()
             metrics.engine_busy.labels(name).set(snapshot.busy_fraction)
@@ -253,6 +265,35 @@ class ServerState:
         else:
             log.warning("authentication off: the server is open to anyone who can reach it (see --api-key)")
 
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Soft drain (SIGTERM): not ready, new streams refused (503), running streams and requests go on
+        until they end, `timeout` seconds pass or `hurry` is set. `shutdown()` then ends the rest."""
+        self.accepting = False
+        self.draining = True
+        if not self.jobs:
+            return
+        log.info(
+            "draining: not ready, refusing new streams; %d stream(s) and request(s) may go on for up to "
+            "%g s (SIGTERM again or SIGINT ends them now)",
+            len(self.jobs),
+            timeout,
+        )
+        deadline = time.monotonic() + timeout
+        hurry = hurry or asyncio.Event()
+        while self.jobs and (left := deadline - time.monotonic()) > 0:
+            # Polled: jobs come and go (pre-recorded requests finish); a quarter second is precise enough.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), min(left, DRAIN_POLL_S))
+            if hurry.is_set():
+                log.info("drain cut short: ending %d stream(s) and request(s) now", len(self.jobs))
+                return
+        if self.jobs:
+            log.info(
+                "drain timeout of %g s over: ending %d stream(s) and request(s)", timeout, len(self.jobs)
+            )
+        else:
+            log.info("drained: every stream and request ended on its own")
+
     async def shutdown(self) -> None:
         """Stop accepting, flush every live stream (1012) within the grace period (idempotent)."""
         if self._shutdown is None:
@@ -261,6 +302,7 @@ class ServerState:
 
     async def _drain(self) -> None:
         self.accepting = False
+        self.draining = True
         started = time.monotonic()
         await self._drain_jobs()
         self.watch.close_all()  # after the streams' last finals

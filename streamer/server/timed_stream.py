@@ -9,7 +9,7 @@ from streamer.audio import AudioFormat
 from streamer.ctc import FloatArray
 from streamer.engine import Engine
 from streamer.session import StreamingConfig, WindowRequest
-from streamer.stream import Stream
+from streamer.stream import Stream, StreamStart
 from streamer.transcript import Event
 from streamer.vad import SpeechDetector
 
@@ -28,8 +28,9 @@ class TimedStream(Stream):
         config: StreamingConfig,
         fmt: AudioFormat,
         detector_factory: Callable[[], SpeechDetector] | None = None,
+        start: StreamStart | None = None,
     ) -> None:
-        super().__init__(engine, config, fmt, detector_factory)
+        super().__init__(engine, config, fmt, detector_factory, start)
         self._cause = time.perf_counter()
         self._origins: dict[tuple[int, int], float] = {}
         self.events_origin = self._cause

@@ -26,6 +26,7 @@ from streamer.protocol import (
     StreamSummary,
     parse_listen_params,
 )
+from streamer.server.resume import Resume
 from streamer.transcript import Event
 
 # ---- what a dialect makes of an inbound frame --------------------------------------------------------
@@ -200,3 +201,5 @@ class Accepted:
     params: ListenParams | None
     key: str | None = None
     protocols: tuple[str, ...] = field(default=())
+    resume: Resume | None = None
+    """Set when the handshake resumes a stream another connection started (`streamer.server.resume`)."""

@@ -2,6 +2,7 @@
 import { Captions } from "./captions.js";
 import { buildCues, toSrt, toText, toVtt } from "./cues.js";
 import { describeClose, diagnose, openSocket, shouldReconnect, socketUrl } from "./connection.js";
+import { Replay } from "./replay.js";
 import { decodeFile, playPcm, startMicrophone } from "./sources.js";
 
 const $ = (id) => document.getElementById(id);
@@ -13,10 +14,11 @@ const state = {
   stopSource: null,
   running: false,
   stopping: false,
-  sentBytes: 0,
   retryTimer: null,
   captions: null,
-  queue: [], // frames captured while (re)connecting: sent once the socket is open, so nothing is lost
+  // Every frame is kept until the server says it is final: frames captured while (re)connecting are sent
+  // once the socket is open, and after a server restart the stream resumes with them (nothing is lost).
+  replay: new Replay(),
 };
 
 function status(text, error = false) {
@@ -62,6 +64,7 @@ function streamParams() {
     interim_results: "true",
     vad_events: "true",
     utterance_end_ms: 1000,
+    resumable: "true", // this page replays its audio after a restart (replay.js)
     language: $("language").value,
     model: $("model").value,
     tag: $("tag").value.trim(),
@@ -69,16 +72,13 @@ function streamParams() {
 }
 
 function send(frame) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-    state.ws.send(frame);
-    state.sentBytes += frame.byteLength;
-  } else {
-    state.queue.push(frame);
-  }
+  state.replay.record(frame);
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(frame);
 }
 
 async function connect(attempt = 0) {
-  const url = socketUrl("/v1/listen", streamParams());
+  const plan = state.replay.plan();
+  const url = socketUrl("/v1/listen", plan.params || streamParams());
   status(attempt ? "Reconnecting…" : "Connecting…");
   let ws;
   try {
@@ -86,6 +86,12 @@ async function connect(attempt = 0) {
   } catch (problem) {
     if (!state.running) return;
     if (problem.needsKey) $("key-field").hidden = false;
+    if (problem.status === 400 && plan.params) {
+      // The token was refused (expired, or a server with another secret): go on as a new stream.
+      state.replay.forget();
+      status(`The stream could not be resumed (${problem.message}) Starting a new one…`, true);
+      return connect(attempt + 1);
+    }
     if (problem.retryAfter) return retry(problem, attempt);
     status(problem.message, true);
     await stop(false);
@@ -96,12 +102,17 @@ async function connect(attempt = 0) {
     return;
   }
   state.ws = ws;
-  state.captions.offset += state.sentBytes / BYTES_PER_SECOND; // times run on across reconnects
-  state.sentBytes = 0;
-  status(attempt ? "Reconnected." : "Listening…");
-  ws.onmessage = ({ data }) => state.captions.handle(JSON.parse(data));
+  // A resumed stream keeps the stream's times; a new one starts at 0 where its audio starts.
+  if (!plan.params) state.captions.offset = plan.position / BYTES_PER_SECOND;
+  status(attempt ? (plan.params ? "Reconnected: the stream goes on." : "Reconnected.") : "Listening…");
+  if (plan.lostSeconds > 0) status(`Reconnected, but ${plan.lostSeconds.toFixed(1)} s of audio could not be kept.`, true);
+  ws.onmessage = ({ data }) => {
+    const message = JSON.parse(data);
+    state.replay.observe(message);
+    state.captions.handle(message);
+  };
   ws.onclose = ({ code, reason }) => onClosed(ws, code, reason);
-  for (const frame of state.queue.splice(0)) send(frame);
+  for (const frame of state.replay.from(plan.position)) ws.send(frame);
 }
 
 function retry(problem, attempt) {
@@ -146,7 +157,6 @@ async function stop(closeStream = true) {
     state.stopSource = null;
     await stopSource();
   }
-  state.queue = [];
   if (closeStream && state.ws && state.ws.readyState === WebSocket.OPEN) {
     state.stopping = true;
     status("Finishing…");
@@ -160,8 +170,8 @@ async function stop(closeStream = true) {
 function beginSession() {
   state.running = true;
   state.stopping = false;
-  state.sentBytes = 0;
-  state.queue = [];
+  state.replay.reset();
+  state.captions.offset = 0;
   $("start").disabled = true;
   $("file").disabled = true;
   $("stop").disabled = false;
