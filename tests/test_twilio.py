@@ -110,6 +110,14 @@ async def collect(ws: ClientConnection) -> list[Any]:
     return got
 
 
+async def send_inbound(ws: Any, audio: bytes) -> None:
+    """`audio` (8 kHz mu-law) as the inbound track's media messages, timestamps in call milliseconds."""
+    for offset in range(0, len(audio), FRAME):
+        chunk = base64.b64encode(audio[offset : offset + FRAME]).decode()
+        media = {"track": "inbound", "timestamp": str(offset // 8), "payload": chunk}
+        await ws.send(json.dumps({"event": "media", "media": media}))
+
+
 def twilio_url(port: int) -> str:
     return f"ws://127.0.0.1:{port}/twilio"
 
@@ -244,10 +252,7 @@ async def test_hangup_without_stop_still_delivers_the_finals() -> None:
             ws = await connect(twilio_url(server.port))
             audio = mulaw_8k(call_audio((0.3, ["abc", "bad"]), (0.2, None)))
             await ws.send(twilio_start(["inbound"], {}, call_sid="CA-hangup"))
-            for offset in range(0, len(audio), FRAME):
-                chunk = base64.b64encode(audio[offset : offset + FRAME]).decode()
-                media = {"track": "inbound", "timestamp": str(offset // 8), "payload": chunk}
-                await ws.send(json.dumps({"event": "media", "media": media}))
+            await send_inbound(ws, audio)
             await ws.close()  # the caller hangs up: no stop message
             await receiver.wait_for(lambda: any(p["type"] == "Metadata" for p in receiver.posts))
     finally:
@@ -266,13 +271,7 @@ async def test_shutdown_mid_call_delivers_every_final_and_closes_1012() -> None:
             ws = await connect(twilio_url(server.port))
             audio = mulaw_8k(call_audio((0.3, ["abc", "bad"]), (0.05, None)))  # speech still going on
             await ws.send(twilio_start(["inbound"], {}, call_sid="CA-drain"))
-            for offset in range(0, len(audio), FRAME):
-                media = {
-                    "track": "inbound",
-                    "timestamp": str(offset // 8),
-                    "payload": base64.b64encode(audio[offset : offset + FRAME]).decode(),
-                }
-                await ws.send(json.dumps({"event": "media", "media": media}))
+            await send_inbound(ws, audio)
             await server.app[STATE].shutdown()
             await collect(ws)
             assert ws.close_code == 1012

@@ -147,6 +147,20 @@ async def launch(p: Any, microphone: Path | None = None) -> Any:
     return await p.chromium.launch(executable_path=str(chromium_path()), args=browser_args(microphone))
 
 
+async def captioning(p: Any, microphone: Path, url: str, heard: str) -> tuple[Any, Any]:
+    """A browser whose page at `url` captions the fake microphone, once a final shows `heard`."""
+    browser = await launch(p, microphone)
+    page = await browser.new_page()
+    await page.goto(url + "/")
+    await page.wait_for_function("document.querySelector('#language').options.length > 0")
+    await page.click("#start")
+    await page.wait_for_function(
+        f"[...document.querySelectorAll('#captions .paragraph')].some((p) => p.textContent.includes({json.dumps(heard)}))",
+        timeout=20_000,
+    )
+    return browser, page
+
+
 async def final_text(page: Any) -> str:
     return " ".join(" ".join(await page.locator("#captions p.paragraph").all_text_contents()).split())
 
@@ -285,14 +299,7 @@ async def test_server_killed_mid_stream_is_reconnected_and_captions_kept(tmp_pat
     first.args[first.args.index("--port") + 1] = str(port)
     await first.start()
     async with playwright_api.async_playwright() as p:
-        browser = await launch(p, microphone)
-        page = await browser.new_page()
-        await page.goto(first.url + "/")
-        await page.wait_for_function("document.querySelector('#language').options.length > 0")
-        await page.click("#start")
-        await page.wait_for_function(
-            "document.querySelector('#captions .paragraph')?.textContent.includes('bad')", timeout=15_000
-        )
+        browser, page = await captioning(p, microphone, first.url, "bad")
         assert first.proc is not None
         first.proc.send_signal(signal.SIGKILL)
         await first.proc.wait()
@@ -328,14 +335,7 @@ async def test_server_restart_mid_stream_is_resumed_without_losing_or_repeating_
     first = ServerProcess(args, env=secret)
     await first.start()
     async with playwright_api.async_playwright() as p:
-        browser = await launch(p, microphone)
-        page = await browser.new_page()
-        await page.goto(first.url + "/")
-        await page.wait_for_function("document.querySelector('#language').options.length > 0")
-        await page.click("#start")
-        await page.wait_for_function(
-            "document.querySelector('#captions').textContent.includes('cafe')", timeout=20_000
-        )
+        browser, page = await captioning(p, microphone, first.url, "cafe")
         code = await first.stop()  # SIGTERM: no drain, the stream is handed over with 1012
         assert code == 0
         second = ServerProcess(args, env=secret)
@@ -358,7 +358,7 @@ async def test_server_restart_mid_stream_is_resumed_without_losing_or_repeating_
             await second.stop()
     resumed = [line for line in second.log_lines if "resumes stream" in line]
     assert len(resumed) == 1, second.log_lines
-    assert [w for w, _ in words] == [w for phrase in phrases for w in phrase]
+    assert [w for w, _ in words] == [w for phrase in phrases for w in phrase], words
     starts = [t for _, t in words]
     assert starts == sorted(starts) and starts[-1] > 8.0, "times of the whole stream, across the restart"
 

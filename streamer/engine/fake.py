@@ -113,7 +113,14 @@ def tone_word(word: str, *, letter_s: float = 0.12, amplitude: float = 0.3, sr: 
     for ch in word:
         t = np.arange(int(letter_s * sr)) / sr
         parts.append(amplitude * np.sin(2 * np.pi * tone_hz(ch) * t))
-    return np.concatenate(parts).astype(np.float32)
+    audio = np.concatenate(parts)
+    # 20 ms fades: a frame that straddles an abrupt start or end of a tone sees a click whose spectrum can
+    # peak at another letter's pitch, so, depending on where the frames fall (a browser or a resampler
+    # shifts them), a word would gain a stray letter ("abci").
+    ramp = np.linspace(0.0, 1.0, min(int(0.02 * sr), len(audio) // 2))
+    audio[: len(ramp)] *= ramp
+    audio[len(audio) - len(ramp) :] *= ramp[::-1]
+    return audio.astype(np.float32)
 
 
 def tone_phrase(words: Sequence[str], *, gap_s: float = 0.12, seed: int = 0, sr: int = 16000) -> FloatArray:

@@ -46,6 +46,7 @@ from streamer.server.ingress.base import (
     Reply,
     Start,
     StreamInfo,
+    json_object,
     stream_params,
 )
 from streamer.server.state import ServerState
@@ -119,12 +120,9 @@ class AudioHookDialect(Dialect):
         return [Audio(data)]
 
     def receive_text(self, text: str) -> list[Inbound]:
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            return [ProtocolError(f"malformed JSON: {exc}")]
-        if not isinstance(message, dict):
-            return [ProtocolError("a message must be a JSON object")]
+        message = json_object(text)
+        if isinstance(message, ProtocolError):
+            return [message]
         kind = message.get("type")
         try:
             self._check_envelope(message)

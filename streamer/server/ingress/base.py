@@ -12,9 +12,10 @@ authentication and parameters, raising a `StreamerError` to refuse with an HTTP 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from streamer.audio import Encoding
 from streamer.errors import RequestError
@@ -73,6 +74,17 @@ class ProtocolError:
 
 
 Inbound = Audio | Start | Flush | EndOfAudio | Reply | ProtocolError
+
+
+def json_object(text: str, what: str = "a message") -> dict[str, Any] | ProtocolError:
+    """A text frame parsed as a JSON object, or the protocol error that a malformed one is."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        return ProtocolError(f"malformed JSON: {exc}")
+    if not isinstance(message, dict):
+        return ProtocolError(f"{what} must be a JSON object")
+    return message
 
 
 @dataclass(frozen=True)

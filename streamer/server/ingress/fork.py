@@ -35,6 +35,7 @@ from streamer.server.ingress.base import (
     ProtocolError,
     Start,
     StreamInfo,
+    json_object,
     stream_params,
 )
 from streamer.server.state import ServerState
@@ -61,12 +62,9 @@ class ForkDialect(Dialect):
         self.started = False
 
     def receive_text(self, text: str) -> list[Inbound]:
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            return [ProtocolError(f"malformed JSON: {exc}")]
-        if not isinstance(message, dict):
-            return [ProtocolError("metadata must be a JSON object")]
+        message = json_object(text, "metadata")
+        if isinstance(message, ProtocolError):
+            return [message]
         if self.started:
             log.debug("fork event %s", str(message)[:200])
             return []

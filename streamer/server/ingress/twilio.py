@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +40,7 @@ from streamer.server.ingress.base import (
     Inbound,
     ProtocolError,
     Start,
+    json_object,
     stream_params,
 )
 from streamer.server.ingress.tracks import TrackAligner
@@ -82,11 +82,10 @@ class TwilioDialect(Dialect):
         return [ProtocolError("Media Streams messages are JSON text; a binary frame is not one")]
 
     def receive_text(self, text: str) -> list[Inbound]:
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            return [ProtocolError(f"malformed JSON: {exc}")]
-        if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+        message = json_object(text)
+        if isinstance(message, ProtocolError):
+            return [message]
+        if not isinstance(message.get("event"), str):
             return [ProtocolError("a message must be a JSON object with an 'event'")]
         event = message["event"]
         if self._stopped:
