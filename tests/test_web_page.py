@@ -154,10 +154,9 @@ async def captioning(p: Any, microphone: Path, url: str, heard: str) -> tuple[An
     await page.goto(url + "/")
     await page.wait_for_function("document.querySelector('#language').options.length > 0")
     await page.click("#start")
-    await page.wait_for_function(
-        f"[...document.querySelectorAll('#captions .paragraph')].some((p) => p.textContent.includes({json.dumps(heard)}))",
-        timeout=20_000,
-    )
+    finals = "[...document.querySelectorAll('#captions .paragraph')]"
+    shown = f"{finals}.some((p) => p.textContent.includes({heard!r}))"
+    await page.wait_for_function(shown, timeout=20_000)
     return browser, page
 
 
