@@ -31,5 +31,10 @@ class EngineError(StreamerError):
     """The engine failed on a batch; the affected requests carry it."""
 
 
+# What a client is told when the engine fails on its audio. The engine's own message (which may name
+# files, devices or memory sizes) goes to the server log only.
+ENGINE_FAILURE_TEXT = "transcription failed: the model failed on this audio (the server log has the details)"
+
+
 class OverloadError(StreamerError):
     """No capacity left for another stream or request."""

@@ -19,6 +19,7 @@ from streamer.audio import encode_mulaw, float_to_linear16
 from streamer.server.ingress.asterisk import AsteriskDialect, parse_event
 from streamer.server.ingress.base import Audio, ProtocolError, Reply, Start
 from streamer.server.ingress.fork import ForkDialect
+from tests.plain_errors import assert_plain
 from tests.test_server import config, handshake_error, serve
 from tests.test_twilio import call_audio
 
@@ -61,6 +62,7 @@ def test_asterisk_bad_input(messages: list[Any], expected: str) -> None:
     for m in messages:
         items = d.receive_binary(m) if isinstance(m, bytes) else d.receive_text(m)
     assert isinstance(items[-1], ProtocolError) and expected in items[-1].detail
+    assert_plain(items[-1].detail)
 
 
 # ---- forks ----
@@ -97,6 +99,7 @@ def test_fork_vonage_content_type_and_audio_without_metadata() -> None:
 def test_fork_bad_metadata(metadata: str, expected: str) -> None:
     [error] = ForkDialect(["en"], {}, None).receive_text(metadata)
     assert isinstance(error, ProtocolError) and expected in error.detail
+    assert_plain(error.detail)
 
 
 # ---- against a real server ----

@@ -31,6 +31,7 @@ from streamer.server.http_signatures import (
 from streamer.server.ingress.audiohook import AudioHookDialect
 from streamer.server.ingress.base import Audio, EndOfAudio, ProtocolError, Reply, Start
 from tests.phone_clients import AudioHookClient, audiohook_headers, transcript_words
+from tests.plain_errors import assert_plain
 from tests.receivers import Receiver, words
 from tests.test_server import config, handshake_error, serve
 from tests.test_twilio import call_audio
@@ -148,6 +149,7 @@ def test_bad_messages_are_protocol_errors(messages: list[str], expected: str) ->
         items = d.receive_text(envelope("open", 1, open_parameters()) if text == "OPEN" else text)
     errors = [i for i in items if isinstance(i, ProtocolError)]
     assert errors and expected in errors[0].detail, items
+    assert_plain(errors[0].detail)
     disconnect = json.loads(d.rejected(errors[0].detail) or "{}")
     assert disconnect["type"] == "disconnect" and disconnect["parameters"]["reason"] == "error"
 

@@ -17,6 +17,7 @@ from streamer.server.ingress.base import Audio, EndOfAudio, Flush, ProtocolError
 from streamer.server.ingress.deepgram import DeepgramDialect
 from streamer.server.ingress.tracks import TrackAligner
 from streamer.server.ingress.twilio import TwilioDialect, signature
+from tests.plain_errors import assert_plain
 
 SERVED = ["en", "he"]
 
@@ -170,6 +171,7 @@ def test_twilio_bad_input_is_a_protocol_error(messages: list[str], expected: str
         items = d.receive_text(start_message(["inbound"]) if text == "START" else text)
     errors = [i for i in items if isinstance(i, ProtocolError)]
     assert errors and expected in errors[0].detail, items
+    assert_plain(errors[0].detail)
 
 
 def test_twilio_refuses_binary_frames() -> None:

@@ -38,6 +38,7 @@ from streamer.engine.base import Engine
 from streamer.engine.fake import ToneEngine, tone_phrase, tone_word
 from streamer.errors import ConfigError
 from streamer.server import STATE, create_app
+from tests.plain_errors import assert_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -448,6 +449,7 @@ async def test_bad_params_fail_the_handshake(query: str, param: str) -> None:
     assert body["err_code"] == "INVALID_QUERY_PARAMETER"
     assert body["param"] == param and body["allowed"]
     assert param in body["err_msg"] or param in ("language", "model")
+    assert_plain(body["err_msg"])
     if param in ("language", "model"):
         assert body["allowed"] == ["en"]
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from streamer import SAMPLE_RATE
-from streamer.errors import StreamerError
+from streamer.errors import ENGINE_FAILURE_TEXT, StreamerError
 from streamer.protocol import (
     ListenParams,
     StreamSummary,
@@ -393,6 +393,7 @@ class LiveStream:
                 resumes = end.kind == "shutdown" and self.params is not None and self.params.resumable
                 await self.runner.finish(hand_over=resumes)
                 if self.runner.error is not None:
+                    log.error("stream %s: engine failure while finishing: %s", self.id, self.runner.error)
                     end = End("engine_error", str(self.runner.error))
                     flush = False
             if not flush and self.runner is not None:
@@ -400,7 +401,7 @@ class LiveStream:
             if end.kind == "slow_client":
                 self._client_gone = True  # drop what is queued; the connection is not draining anyway
             elif end.kind == "engine_error":
-                self._send_optional(self.dialect.failed(f"transcription failed: {end.detail}"))
+                self._send_optional(self.dialect.failed(ENGINE_FAILURE_TEXT))
             elif end.kind == "bad_message":
                 self._send_optional(self.dialect.rejected(end.detail))
             elif flush and self.stream is not None:

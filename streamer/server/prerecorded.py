@@ -23,7 +23,7 @@ from aiohttp import web
 
 from streamer import SAMPLE_RATE
 from streamer.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormat
-from streamer.errors import AudioFormatError, EngineError, StreamerError
+from streamer.errors import ENGINE_FAILURE_TEXT, AudioFormatError, EngineError, StreamerError
 from streamer.protocol import (
     ListenParams,
     StreamSummary,
@@ -55,17 +55,29 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode_body(body: bytes, params: ListenParams, raw: bool) -> tuple[bytes, AudioFormat]:
-    """The body as wire bytes and their format: raw when `encoding` was given, else a file (WAV, FLAC)."""
+def _decode_body(
+    body: bytes, params: ListenParams, raw: bool, json_body: bool = False
+) -> tuple[bytes, AudioFormat]:
+    """The body as wire bytes and their format: raw when `encoding` was given, else a file (WAV, FLAC).
+    `json_body`: the client sent JSON (a `{"url": ...}` source), which is refused with the reason."""
     if not body:
         raise AudioFormatError("empty body: send WAV or FLAC, or raw audio with encoding and sample_rate")
     if raw:
         return body, params.audio_format
+    if json_body:
+        # Deepgram's transcribeUrl. Fetching URLs on a client's behalf would let anyone who may send audio
+        # make the server connect into its own network (SSRF), so the client fetches and sends the bytes.
+        raise AudioFormatError(
+            "this server does not fetch audio from URLs: send the audio itself as the request body "
+            "(a WAV, FLAC or OGG file, or raw audio with encoding and sample_rate)"
+        )
     try:
         data, rate = sf.read(io.BytesIO(body), dtype="int16", always_2d=True)
     except (RuntimeError, TypeError, ValueError) as exc:
+        log.debug("undecodable body: %s", exc)
         raise AudioFormatError(
-            f"cannot decode the body as an audio file ({exc}); for raw audio set encoding and sample_rate"
+            "cannot decode the body as an audio file (WAV, FLAC or OGG); for raw audio set encoding and "
+            "sample_rate"
         ) from None
     channels = int(data.shape[1])
     if channels > MAX_CHANNELS:
@@ -117,7 +129,8 @@ async def _transcribe(
     if runner.error is not None:
         await runner.cancel()
         state.metrics.engine_failures.labels(model.name).inc()
-        raise EngineError(f"transcription failed: {runner.error}")
+        log.error("request %s: engine failure: %s", request_id, runner.error)
+        raise EngineError(ENGINE_FAILURE_TEXT)
     return finals, stream.duration
 
 
@@ -143,7 +156,8 @@ async def listen_post(request: web.Request) -> web.Response:
     background = False
     try:
         body = await _read_body(request, state.config.limits.max_body_bytes)
-        pcm, fmt = _decode_body(body, params, raw="encoding" in request.query)
+        json_body = request.content_type == "application/json" or body.lstrip()[:1] == b"{"
+        pcm, fmt = _decode_body(body, params, raw="encoding" in request.query, json_body=json_body)
         state.metrics.audio_seconds.labels(model.name).inc(len(pcm) / fmt.bytes_per_second())
         work = _Work(state, model, params, request_id, created, body, pcm, fmt)
         if params.callback is None:
@@ -215,7 +229,7 @@ class _Work:
                 text = await self.transcribe()
             except StreamerError as exc:
                 log.warning("request %s: transcription for the callback failed: %s", self.request_id, exc)
-                text = error_message(f"transcription failed: {exc}", "ENGINE_FAILURE")
+                text = error_message(str(exc), "ENGINE_FAILURE")
             queue = state.webhooks.open(self.request_id, callback, self.params.callback_method)
             queue.put(text, must_deliver=True)
             queue.close()
