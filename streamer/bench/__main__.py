@@ -11,6 +11,7 @@ BENCHMARKS = {
     "rtf": "streamer.bench.rtf",
     "models": "streamer.bench.models",
     "soak": "streamer.bench.soak",
+    "longcall": "streamer.bench.longcall",
     "telephone": "streamer.bench.telephone",
 }
 

@@ -1,10 +1,12 @@
 """Accuracy of streaming against one full pass, on real recorded speech.
 
-`python -m streamer.bench accuracy --data DIR [--language en] [--model SPEC] [window flags]`: for every clip
-of the language, the offline transcript (one pass per VAD segment, as `streamer.transcribe`), the
-streaming transcript (the clip fed through the real Stream, Batcher and runner in 20-100 ms frames, finals
-joined), their WER against the reference, and a long stream of all clips joined with pauses. Ends with
-`accuracy: clips=N offline_wer=X streaming_wer=Y stream_vs_offline=Z compute_ratio=R`.
+`python -m streamer.bench accuracy --data DIR [--language en] [--model SPEC] [--rate R --encoding E]
+[window flags]`: for every clip of the language, the offline transcript (one pass per VAD segment, as
+`streamer.transcribe`), the streaming transcript (the clip fed through the real Stream, Batcher and runner
+in 20-100 ms frames, finals joined), their WER against the reference, and a long stream of all clips joined
+with pauses. Clips are transcoded in memory to the wire format (`--rate`, `--encoding`; `--telephone` is
+8 kHz mu-law), and the offline pass decodes the very bytes the stream sends, so the two differ only by
+streaming. Ends with `accuracy: clips=N offline_wer=X streaming_wer=Y stream_vs_offline=Z compute_ratio=R`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from streamer.audio import MULAW_TABLE, AudioFormat, encode_mulaw, float_to_linear16
+from streamer.audio import (
+    ENCODINGS,
+    MAX_RATE,
+    MIN_RATE,
+    SAMPLE_RATE,
+    AudioDecoder,
+    AudioFormat,
+    Encoding,
+    encode_alaw,
+    encode_mulaw,
+    float_to_linear16,
+)
 from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench.data import Clip, join_with_pauses, load_manifest, normalise, wer
 from streamer.ctc import FloatArray
@@ -46,49 +59,53 @@ class StreamResult:
 
 @dataclass(frozen=True)
 class Wire:
-    """How clips reach the server: 16 kHz linear16 (the default) or 8 kHz mu-law (`--telephone`, what a
-    phone network delivers). `clip_audio` is a clip at the wire's rate, `to_model` the same audio as the
-    model's 16 kHz input for the offline pass, `encode` the bytes a client sends."""
+    """How clips reach the server: `encoding` at `rate` (default linear16 at 16 kHz; 8 kHz mu-law is what a
+    phone network delivers). `clip_audio` is a clip resampled to the wire's rate (what a client does),
+    `encode` the bytes it sends, and `to_model` those bytes as the model's 16 kHz input, decoded by the
+    server's own decoder in one piece: the offline reference sees exactly what the stream sees."""
 
-    telephone: bool = False
+    encoding: Encoding = "linear16"
+    rate: int = SAMPLE_RATE
 
     @property
     def format(self) -> AudioFormat:
-        return AudioFormat("mulaw", 8000) if self.telephone else AudioFormat()
+        return AudioFormat(self.encoding, self.rate)
 
     def clip_audio(self, clip: Clip) -> FloatArray:
-        if not self.telephone:
-            return clip.audio()
         data, rate = sf.read(str(clip.path), dtype="float32", always_2d=True)
         mono = data.mean(axis=1).astype(np.float32)
-        if rate != 8000:
-            mono = soxr.resample(mono, rate, 8000, quality="HQ").astype(np.float32)
-        # Through the phone network's codec once, as a caller's audio arrives.
-        return MULAW_TABLE[np.frombuffer(encode_mulaw(mono), dtype=np.uint8)]
-
-    def to_model(self, audio: FloatArray) -> FloatArray:
-        if not self.telephone:
-            return audio
-        return soxr.resample(audio, 8000, 16000, quality="HQ").astype(np.float32)
+        if rate != self.rate:
+            mono = soxr.resample(mono, rate, self.rate, quality="HQ").astype(np.float32)
+        return mono
 
     def encode(self, audio: FloatArray) -> bytes:
-        return encode_mulaw(audio) if self.telephone else float_to_linear16(audio)
+        if self.encoding == "mulaw":
+            return encode_mulaw(audio)
+        if self.encoding == "alaw":
+            return encode_alaw(audio)
+        return float_to_linear16(audio)
+
+    def to_model(self, data: bytes) -> FloatArray:
+        decoder = AudioDecoder(self.format)
+        return np.concatenate([*decoder.decode(data), *decoder.flush()])
+
+    def __str__(self) -> str:
+        return f"{self.encoding}/{self.rate}"
 
 
 async def stream_transcript(
     engine: Engine,
     batcher: Batcher,
-    audio: FloatArray,
+    data: bytes,
     config: StreamingConfig,
     seed: int,
     wire: Wire = Wire(),
 ) -> StreamResult:
-    """Feed `audio` (at the wire's rate) in random 20-100 ms frames through the real streaming path."""
+    """Feed `data` (bytes in the wire's format) in random 20-100 ms frames through the real streaming path."""
     events: list[tuple[float, Event]] = []
     fmt = wire.format
     stream = Stream(engine, config, fmt)
     runner = StreamRunner(stream, batcher, lambda e: events.append((stream.duration, e)))
-    data = wire.encode(audio)
     bytes_per_ms = fmt.bytes_per_second() // 1000
     rng = random.Random(seed)
     pos = 0
@@ -148,16 +165,18 @@ async def evaluate(
         for i, clip in enumerate(clips):
             audio = wire.clip_audio(clip)
             audios.append(audio)
-            offline = offline_transcript(engine, wire.to_model(audio), config)
-            result = await stream_transcript(engine, batcher, audio, config, seed + i, wire)
+            data = wire.encode(audio)
+            offline = offline_transcript(engine, wire.to_model(data), config)
+            result = await stream_transcript(engine, batcher, data, config, seed + i, wire)
             rows.append(Row(clip.name, len(audio) / rate, clip.transcript, offline, result.text, result))
             if verbose:
                 print(f"  [{i + 1}/{len(clips)}] {clip.name}", file=sys.stderr, flush=True)
         joined_row = None
         if long_stream and clips:
             joined = join_with_pauses(audios, seed=seed, rate=rate)
-            offline = offline_transcript(engine, wire.to_model(joined), config)
-            result = await stream_transcript(engine, batcher, joined, config, seed, wire)
+            data = wire.encode(joined)
+            offline = offline_transcript(engine, wire.to_model(data), config)
+            result = await stream_transcript(engine, batcher, data, config, seed, wire)
             reference = " ".join(c.transcript for c in clips)
             joined_row = Row("long-stream", len(joined) / rate, reference, offline, result.text, result)
     finally:
@@ -213,13 +232,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-long-stream", action="store_true", help="skip the joined long-stream case")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--rate", type=int, default=None, help=f"wire sample rate, {MIN_RATE}-{MAX_RATE} Hz (default 16000)"
+    )
+    parser.add_argument(
+        "--encoding", choices=ENCODINGS, default=None, help="wire encoding (default linear16)"
+    )
+    parser.add_argument(
         "--telephone",
         action="store_true",
-        help="send the clips as 8 kHz mu-law, as a phone network does (offline: the same audio upsampled)",
+        help="send the clips as 8 kHz mu-law, as a phone network does (--rate 8000 --encoding mulaw)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_streaming_flags(parser)
     args = parser.parse_args(argv)
+    if args.telephone and (args.rate or args.encoding):
+        parser.error("--telephone is --rate 8000 --encoding mulaw: give one or the other")
+    wire = (
+        Wire("mulaw", 8000) if args.telephone else Wire(args.encoding or "linear16", args.rate or SAMPLE_RATE)
+    )
+    if not MIN_RATE <= wire.rate <= MAX_RATE:
+        parser.error(f"--rate must be {MIN_RATE}-{MAX_RATE} Hz")
     config = streaming_config(args)
     clips = load_manifest(args.data, args.language)
     if args.clips:
@@ -237,14 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             long_stream=not args.no_long_stream,
             seed=args.seed,
             verbose=not args.quiet,
-            wire=Wire(args.telephone),
+            wire=wire,
         )
     )
     plan = config.partial_plan
     print(
         f"model={engine.name} windows(left/hop/right)={plan.left_s}/{plan.hop_s}/{plan.right_s}s "
         f"final_pass={config.final_pass} commit_after={config.commit_after_s or 'off'} "
-        f"wire={'mulaw/8000' if args.telephone else 'linear16/16000'}"
+        f"wire={wire}"
     )
     print(f"{'clip':<28} {'seconds':>7} {'off_wer':>8} {'str_wer':>8} {'s_vs_o':>8} {'comp':>6} {'gap':>6}")
     for row in rows:

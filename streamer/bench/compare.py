@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from streamer import SAMPLE_RATE
+from streamer.audio import float_to_linear16
 from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench import load as load_bench
 from streamer.bench.accuracy import stream_transcript
@@ -146,10 +147,11 @@ async def _streams(engine: Engine, audio: FloatArray, count: int) -> tuple[list[
     """`count` concurrent streams of `audio` through one batcher, as fast as the engine goes."""
     batcher = Batcher(engine, BatcherConfig())
     batcher.start()
+    data = float_to_linear16(audio)
     try:
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(stream_transcript(engine, batcher, audio, StreamingConfig(), seed=i) for i in range(count))
+            *(stream_transcript(engine, batcher, data, StreamingConfig(), seed=i) for i in range(count))
         )
         return [r.text for r in results], time.perf_counter() - started
     finally:
