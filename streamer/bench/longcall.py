@@ -17,10 +17,12 @@ every cycle's first word starts at the same offset into it (`time_drift_max`: th
 the first cycle, seconds); the finals reach the end of the call (`last_word_end` against the call's
 length); RSS growth compares the median of the first fifth of the samples after the first two minutes of
 audio with the median of the last fifth. The last line is
-`longcall: minutes=M speed=S cycles=C same_text=A/B wer_vs_first_max=W time_drift_max=D last_word_end=E
-rss_start=R0MB
-rss_end=R1MB rss_growth=G% errors=N`; the exit status is 1 on errors (no Metadata, a wrong close, ERROR lines
-in the server log, or finals that stop short of the call's last cycle).
+
+    longcall: minutes=M speed=S cycles=C same_text=A/B wer_vs_first_max=W time_drift_max=D
+              last_word_end=E rss_start=R0MB rss_end=R1MB rss_growth=G% errors=N
+
+(on one line); the exit status is 1 on errors (no Metadata, a wrong close, ERROR lines in the server log, or
+finals that stop short of the call's last cycle).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streamer import SAMPLE_RATE
 from streamer.bench.data import wer
-from streamer.bench.soak import DEFAULT_DATA, ServerProcess, log, speech_audio
+from streamer.bench.soak import DEFAULT_DATA, ServerProcess, log, median_ends, speech_audio
 
 FRAME_S = 0.1
 WARMUP_AUDIO_S = 120.0
@@ -60,6 +61,8 @@ class Call:
     messages: list[dict[str, Any]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     sent_s: float = 0.0
+    final_s: float = 0.0
+    """End of the last final word so far, stream seconds."""
     errors: list[str] = field(default_factory=list)
 
     def words(self) -> list[dict[str, Any]]:
@@ -74,17 +77,20 @@ class Call:
 async def _receive(ws: ClientConnection, call: Call) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for raw in ws:
-            call.messages.append(json.loads(raw))
+            message = json.loads(raw)
+            call.messages.append(message)
+            if message.get("type") == "Results" and message.get("is_final"):
+                words = message["channel"]["alternatives"][0]["words"]
+                call.final_s = float(words[-1]["end"]) if words else call.final_s
 
 
 async def _sample(server: ServerProcess, call: Call, every_s: float, started: float) -> None:
     while True:
-        words = call.words()
-        final_s = float(words[-1]["end"]) if words else 0.0
-        sample = Sample(time.monotonic() - started, call.sent_s, final_s, server.rss_kib())
+        sample = Sample(time.monotonic() - started, call.sent_s, call.final_s, server.rss_kib())
         call.samples.append(sample)
         log(
-            f"t={sample.wall_s:6.0f}s audio={sample.audio_s / 60:5.1f}min finals_to={final_s / 60:5.1f}min "
+            f"t={sample.wall_s:6.0f}s audio={sample.audio_s / 60:5.1f}min "
+            f"finals_to={sample.final_s / 60:5.1f}min "
             f"rss={sample.rss_kib / 1024:7.1f}MB"
         )
         await asyncio.sleep(every_s)
@@ -163,9 +169,7 @@ def analyse(call: Call, cycle_s: float, call_s: float, errors: list[str]) -> Rep
     if full and last_end < (full - 1) * cycle_s:
         errors.append(f"finals stop at {last_end:.1f} s of a {call_s:.1f} s call")
     after = [s for s in call.samples if s.audio_s >= min(WARMUP_AUDIO_S, call_s / 5)] or call.samples
-    span = max(1, len(after) // 5)
-    start = int(statistics.median(s.rss_kib for s in after[:span])) if after else 0
-    end = int(statistics.median(s.rss_kib for s in after[-span:])) if after else 0
+    start, end = (int(m) for m in median_ends([s.rss_kib for s in after])) if after else (0, 0)
     same = sum(t == texts[1] for t in texts[1:]) if len(texts) > 1 else 0
     worst = max((wer([texts[0]], [t]) for t in texts[1:]), default=0.0) if texts and texts[0] else 0.0
     return Report(full, same, worst, drift, last_end, call_s, start, end, errors)

@@ -335,13 +335,17 @@ def rss_growth(samples: Sequence[Sample], warmup_s: float) -> float:
     Medians over a span at each end (a fifth of the time after the warm-up, at least 3 samples), because
     single samples jump by 10-20% while a long final pass holds its activations; a leak moves the median.
     """
-    after = [s for s in samples if s.t >= warmup_s]
+    after = [s.rss_kib for s in samples if s.t >= warmup_s]
     if len(after) < 2:
         return 0.0
-    span = max(3, len(after) // 5)
-    base = statistics.median(s.rss_kib for s in after[:span])
-    end = statistics.median(s.rss_kib for s in after[-span:])
+    base, end = median_ends(after, min_span=3)
     return 100.0 * (end - base) / base
+
+
+def median_ends(values: Sequence[int], min_span: int = 1) -> tuple[float, float]:
+    """Medians of the first and the last fifth of `values` (at least `min_span` each); `values` not empty."""
+    span = max(min_span, len(values) // 5)
+    return statistics.median(values[:span]), statistics.median(values[-span:])
 
 
 @contextlib.asynccontextmanager
