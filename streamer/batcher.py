@@ -51,6 +51,7 @@ class _Item:
     audio: FloatArray
     future: asyncio.Future[FloatArray]
     enqueued: float = field(default_factory=time.perf_counter)
+    priority: int = 1
 
 
 @dataclass
@@ -75,7 +76,9 @@ class Batcher:
     `concurrency` inference threads ("lanes"), one batch per lane at a time.
 
     A batch is formed only when a lane is free, so windows wait in the priority queue (where a final can
-    still overtake them) rather than behind a batch already taken.
+    still overtake them) rather than behind a batch already taken. With several lanes, partial windows
+    never take the last free one: a final that arrives finds a lane at once instead of waiting for a
+    partial window to finish, which matters most when the CPU is short and every pass runs slower.
     """
 
     def __init__(
@@ -103,6 +106,9 @@ class Batcher:
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._running: dict[int, _Item] = {}  # id -> item, for the batches on the lanes
+        self._partial_lanes = max(1, self.lanes - 1)
+        self._partial_running = 0  # lanes running partial windows
+        self._wake = asyncio.Event()  # a final arrived or a partial lane came free
 
     def start(self) -> None:
         """Start the batching loop on the running event loop (idempotent)."""
@@ -124,7 +130,9 @@ class Batcher:
         if self._closed or self._queue is None:
             raise OverloadError("the model is shutting down")
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        await self._queue.put((priority, next(self._seq), _Item(audio, future)))
+        await self._queue.put((priority, next(self._seq), _Item(audio, future, priority=priority)))
+        if priority == 0:
+            self._wake.set()
         return await future
 
     async def _run(self) -> None:
@@ -143,6 +151,7 @@ class Batcher:
             if not live:
                 self._free_lanes.release()
                 continue
+            self._partial_running += live[0].priority > 0  # counted now: the next batch forms before it runs
             task = loop.create_task(self._lane(live), name="batch")
             self._lane_tasks.add(task)
             task.add_done_callback(self._lane_tasks.discard)
@@ -155,7 +164,15 @@ class Batcher:
         Finals (priority 0) take only the finals already queued and never wait: a final in a batch waits
         for the whole batch, so a final batched with partial windows would pay for their compute too.
         Partial windows wait up to `max_wait_ms` for company."""
-        priority, _, head = await queue.get()
+        while True:
+            priority, seq, head = await queue.get()
+            if priority == 0 or self._partial_running < self._partial_lanes:
+                break
+            # Every lane partial windows may use is busy: leave the window queued until a final comes
+            # (which takes this free lane) or a partial lane frees.
+            queue.put_nowait((priority, seq, head))
+            self._wake.clear()
+            await self._wake.wait()
         batch = [head]
         deadline = loop.time() + (self.config.max_wait_ms / 1000 if priority > 0 else 0.0)
         while len(batch) < self.max_batch:
@@ -178,6 +195,7 @@ class Batcher:
     async def _lane(self, batch: list[_Item]) -> None:
         """Run one batch on a free lane, then free it."""
         assert self._free_lanes is not None
+        partial = batch[0].priority > 0
         for item in batch:
             self._running[id(item)] = item
         started = time.perf_counter()
@@ -188,6 +206,9 @@ class Batcher:
             self.load.end(token)
             for item in batch:
                 self._running.pop(id(item), None)
+            self._partial_running -= partial
+            if partial:
+                self._wake.set()
             self._free_lanes.release()
 
     async def _run_batch(self, batch: list[_Item]) -> None:

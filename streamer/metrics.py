@@ -86,6 +86,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.coalesced_hops = Counter(
+            "streamer_coalesced_hops",
+            "Partial-window hops merged into a later, longer window because the stream's previous window "
+            "was still running: interim results coming less often because the model is behind (degrading).",
+            ["model"],
+            registry=r,
+        )
         self.dialect_streams = Counter(
             "streamer_dialect_streams",
             "Live connections accepted, by wire dialect (deepgram, twilio, audiohook, ...).",

@@ -178,11 +178,9 @@ class ListenParams:
         """The server's streaming settings with this request's overrides applied."""
         vad = base.vad
         if self.endpointing_off:
-            vad = replace(vad, endpoint_ms=None)
+            vad = vad.with_endpointing(None)
         elif self.endpointing_ms is not None:
-            # webrtcvad decides per frame, so a pause shorter than one frame cannot be seen; Deepgram's
-            # default of 10 ms therefore becomes one frame (30 ms).
-            vad = replace(vad, endpoint_ms=max(self.endpointing_ms, vad.frame_ms))
+            vad = vad.with_endpointing(self.endpointing_ms)
         return replace(
             base,
             vad=vad,

@@ -140,3 +140,7 @@ class Stream:
     @property
     def speech_samples(self) -> int:
         return sum(s.speech_samples for s in self.sessions)
+
+    @property
+    def coalesced_hops(self) -> int:
+        return sum(s.coalesced_hops for s in self.sessions)

@@ -2,7 +2,8 @@
 
 This is the reference that streaming output is measured against, and a tool on its own:
 `python -m streamer.transcribe FILE [--model SPEC] [--json] [--no-vad]`. From code:
-`transcribe_samples(engine, samples_16k, vad_config)` returns the words of each segment.
+`transcribe_samples(engine, samples_16k, vad_config, detector=None)` returns the words of each segment
+(`detector`: the stream's speech detector, e.g. a `SileroDetector`; None is webrtcvad).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from streamer.ctc import FloatArray
 from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
 from streamer.errors import StreamerError
 from streamer.transcript import Word, render_words
-from streamer.vad import SegmentAudio, SegmentEnd, Segmenter, SegmentStart, VadConfig
+from streamer.vad import (
+    SegmentAudio,
+    SegmentEnd,
+    Segmenter,
+    SegmentPause,
+    SegmentStart,
+    SpeechDetector,
+    VadConfig,
+)
+from streamer.windows import Window
 
 
 @dataclass(frozen=True)
@@ -46,40 +56,87 @@ def read_audio(path: str | Path) -> FloatArray:
     return mono
 
 
-def vad_segments(samples: FloatArray, config: VadConfig) -> list[tuple[int, FloatArray]]:
-    """(start sample, audio) of each speech segment, exactly as a streaming session would cut them."""
-    seg = Segmenter(config)
-    out: list[tuple[int, FloatArray]] = []
+@dataclass(frozen=True)
+class SpeechSegment:
+    start: int
+    """Stream sample where the segment begins."""
+    audio: FloatArray
+    pauses: tuple[int, ...] = ()
+    """Segment samples where an utterance ended inside it (`VadConfig.pause_ms`): cut points."""
+
+
+def speech_segments(
+    samples: FloatArray, config: VadConfig, detector: SpeechDetector | None = None
+) -> list[SpeechSegment]:
+    """Each speech segment with its pauses, exactly as a streaming session would cut them (with a fresh
+    `detector`, the one the stream uses; None: webrtcvad)."""
+    seg = Segmenter(config, detector)
+    out: list[SpeechSegment] = []
     start = 0
     parts: list[FloatArray] = []
+    pauses: list[int] = []
     for ev in [*seg.push(samples), *seg.flush()]:
         if isinstance(ev, SegmentStart):
-            start, parts = ev.sample, []
+            start, parts, pauses = ev.sample, [], []
         elif isinstance(ev, SegmentAudio):
             parts.append(ev.samples)
+        elif isinstance(ev, SegmentPause):
+            pauses.append(sum(len(p) for p in parts) + len(ev.tail))
         elif isinstance(ev, SegmentEnd):
-            out.append((start, np.concatenate(parts) if parts else np.zeros(0, np.float32)))
+            audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            out.append(SpeechSegment(start, audio, tuple(pauses)))
     return out
 
 
-def transcribe_samples(engine: Engine, samples: FloatArray, vad: VadConfig | None) -> list[SegmentResult]:
-    """One pass per VAD segment (`vad=None`: one pass over everything)."""
-    segments = vad_segments(samples, vad) if vad is not None else [(0, samples)]
+def vad_segments(
+    samples: FloatArray, config: VadConfig, detector: SpeechDetector | None = None
+) -> list[tuple[int, FloatArray]]:
+    """(start sample, audio) of each speech segment (see `speech_segments`)."""
+    return [(s.start, s.audio) for s in speech_segments(samples, config, detector)]
+
+
+def transcribe_samples(
+    engine: Engine,
+    samples: FloatArray,
+    vad: VadConfig | None,
+    *,
+    detector: SpeechDetector | None = None,
+    context_s: float = 2.0,
+) -> list[SegmentResult]:
+    """One pass per VAD segment (`vad=None`: one pass over everything); `detector` is a fresh speech
+    detector of the kind the stream uses (None: webrtcvad), so the segments are the stream's.
+
+    A segment with pauses (`VadConfig.pause_ms`) gets one pass per piece between them, each with up to
+    `context_s` of the segment's audio before it as left context (its frames discarded), as a stream
+    makes its utterance finals (`StreamingConfig.context_s`)."""
+    segments = speech_segments(samples, vad, detector) if vad is not None else [SpeechSegment(0, samples)]
+    fs = engine.frame_samples
+    context = round(context_s * SAMPLE_RATE / fs)
     results = []
-    for start, audio in segments:
-        if engine.num_frames(len(audio)) == 0:
-            continue
-        logprobs = engine.forward([audio])[0]
-        words, _ = render_words(
-            logprobs,
-            blank_id=engine.blank_id,
-            delimiter_id=engine.word_delimiter_id,
-            spell=engine.spell,
-            frame_samples=engine.frame_samples,
-            first_frame=0,
-            origin_sample=start,
-        )
-        results.append(SegmentResult(start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE, words))
+    for seg in segments:
+        region, carry = 0, None
+        for end in (*seg.pauses, len(seg.audio)):
+            total = engine.num_frames(end)
+            if total <= region:
+                continue
+            window = Window(max(0, region - context) * fs, end, region, total, True, fs)
+            # From the stream, not the segment: a pause can end after the tail the segment keeps.
+            audio = samples[seg.start + window.start : seg.start + end]
+            frames = window.kept(engine.forward([audio])[0])
+            words, carry = render_words(
+                frames,
+                blank_id=engine.blank_id,
+                delimiter_id=engine.word_delimiter_id,
+                spell=engine.spell,
+                frame_samples=fs,
+                first_frame=region,
+                origin_sample=seg.start,
+                prev_token=carry,
+            )
+            piece_start = seg.start + (region * fs if region else 0)
+            piece_end = seg.start + (min(end, total * fs) if end < len(seg.audio) else end)
+            results.append(SegmentResult(piece_start / SAMPLE_RATE, piece_end / SAMPLE_RATE, words))
+            region = total
     return results
 
 

@@ -114,11 +114,13 @@ class Stitcher:
     def stitched(self) -> int:
         return self._stitched
 
-    def next_window(self, available: int, final: bool = False) -> Window | None:
+    def next_window(self, available: int, final: bool = False, max_hops: int = 1) -> Window | None:
         """The next window over the segment's first `available` samples, or None if it cannot run yet.
 
         With `final=True`, `available` is the segment's whole length: the window reaches its end with no
-        right context and keeps every remaining frame; after it the stitcher plans nothing more.
+        right context and keeps every remaining frame; after it the stitcher plans nothing more. With
+        `max_hops` > 1 the window keeps as many whole hops as the audio allows, up to that many: one
+        longer window over audio that several would have covered (fewer, cheaper passes when behind).
         """
         if self.done:
             return None
@@ -131,10 +133,12 @@ class Stitcher:
                 return None
             window = Window(start, available, self._planned, total, True, fs)
         else:
-            keep_to = self._planned + p.hop
-            end = (keep_to + p.right) * fs + g.lookahead
-            if end > available:
+            room = (available - g.lookahead) // fs - p.right - self._planned  # frames keepable now
+            hops = min(max_hops, room // p.hop)
+            if hops < 1:
                 return None
+            keep_to = self._planned + hops * p.hop
+            end = (keep_to + p.right) * fs + g.lookahead
             window = Window(start, end, self._planned, keep_to, False, fs)
         self._planned = window.keep_to
         return window

@@ -18,10 +18,10 @@ def _window(seed: int, n: int = 8000) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
 
 
-async def _answers_every_window_correctly(batcher: Batcher, count: int) -> None:
+async def _answers_every_window_correctly(batcher: Batcher, count: int, priority: int = 1) -> None:
     """Send `count` windows at once; each answer must be what the engine gives that window alone."""
     windows = [_window(i) for i in range(count)]
-    outs = await asyncio.gather(*(batcher.infer(w) for w in windows))
+    outs = await asyncio.gather(*(batcher.infer(w, priority) for w in windows))
     reference = ToneEngine()
     for w, out in zip(windows, outs, strict=True):
         np.testing.assert_array_equal(out, reference.forward([w])[0])
@@ -160,10 +160,32 @@ async def test_lanes_run_batches_side_by_side() -> None:
     batcher = Batcher(engine, BatcherConfig(max_batch=8, max_wait_ms=5))
     assert batcher.lanes == 2 and batcher.max_batch == 1
     batcher.start()
-    await _answers_every_window_correctly(batcher, 6)
+    await _answers_every_window_correctly(batcher, 6, priority=0)
     assert engine.max_active == 2  # never more calls at once than the engine allows
     assert len(engine.threads_seen) == 2 and threading.get_ident() not in engine.threads_seen
     assert batcher.load.lanes == 2
+    await batcher.stop()
+
+
+async def test_partial_windows_leave_a_lane_free_for_finals() -> None:
+    engine = ToneEngine(max_batch=1, concurrency=2, delay_s=0.1)
+    batcher = Batcher(engine, BatcherConfig(max_batch=1, max_wait_ms=0))
+    batcher.start()
+    order: list[str] = []
+
+    async def run(name: str, priority: int) -> None:
+        await batcher.infer(_window(len(order)), priority)
+        order.append(name)
+
+    # Three partial windows at once: one lane runs them one after another, the other stays free ...
+    partials = [asyncio.create_task(run(f"partial {i}", 1)) for i in range(3)]
+    await asyncio.sleep(0.03)
+    assert engine.max_active == 1
+    # ... so a final that comes meanwhile runs at once instead of after the second partial window.
+    await run("final", 0)
+    await asyncio.gather(*partials)
+    assert order == ["partial 0", "final", "partial 1", "partial 2"]
+    assert engine.max_active == 2
     await batcher.stop()
 
 

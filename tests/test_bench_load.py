@@ -16,10 +16,20 @@ import pytest
 import soundfile as sf
 
 from streamer.bench import load
-from streamer.bench.load import ClientRun, analyse_client, main, summary_line
+from streamer.bench.load import ClientRun, ClientStats, Hogs, analyse_client, main, summary_line
 from streamer.engine.fake import tone_phrase
 
-KEYS = {"streams", "partial_p50", "partial_p95", "final_p50", "final_p95", "eos_p95", "overhead", "capacity"}
+KEYS = {
+    "streams",
+    "partial_p50",
+    "partial_p95",
+    "final_p50",
+    "final_p95",
+    "eos_p95",
+    "overhead",
+    "end_lag_max",
+    "capacity",
+}
 
 
 def _results(
@@ -72,6 +82,21 @@ def test_missing_finals_errors_and_lag_are_counted() -> None:
     assert stats.dropped == 4
 
 
+def test_end_lag_runs_from_the_last_audio_to_the_closing_metadata() -> None:
+    run = ClientRun(0, 2.0, frames=[(16000, 101.0), (32000, 102.0)])
+    run.messages = [
+        (100.5, {"type": "SpeechStarted", "timestamp": 0.2}),
+        (103.2, _results(0.0, 1.9, [("a", 0.3, 0.5)], is_final=True, speech_final=True)),
+        (103.5, {"type": "Metadata"}),
+    ]
+    run.close_code = 1000
+    stats = analyse_client(run, endpointing_s=0.4)
+    assert stats.end_lag_s == pytest.approx(1.5) and stats.dropped == 0
+    other = ClientStats(end_lag_s=0.4)
+    other.add(stats)
+    assert other.end_lag_s == pytest.approx(1.5)  # the worst stream's
+
+
 def test_summary_line_without_a_step() -> None:
     line = summary_line(None, None)
     assert line.startswith("load: streams=0 ") and line.endswith(" capacity=-")
@@ -84,7 +109,7 @@ def _parse(line: str) -> dict[str, str]:
     return fields
 
 
-def _check_run(out: str, json_path: Path, streams: int) -> None:
+def _check_run(out: str, json_path: Path, streams: int) -> dict[str, str]:
     fields = _parse(out.strip().splitlines()[-1])
     assert fields["streams"] == str(streams) and fields["capacity"] == "-"
     for key in KEYS - {"streams", "capacity"}:
@@ -103,6 +128,7 @@ def _check_run(out: str, json_path: Path, streams: int) -> None:
     # The server saw all the audio the clients sent (to the frame).
     assert step["server_audio_s"] == pytest.approx(step["audio_s"], abs=0.01)
     assert step["server_cpu"]["total"] >= step["server_cpu"]["main"] >= 0
+    return fields
 
 
 def test_two_streams_of_tones_through_a_real_server(
@@ -117,8 +143,13 @@ def test_two_streams_of_tones_through_a_real_server(
     (data / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     out_json = tmp_path / "steps.json"
     argv = ["--streams", "2", "--seconds", "5", "--model", "en=fake:tone", "--data", str(data)]
-    assert main([*argv, "--json", str(out_json), "--quiet"]) == 0
-    _check_run(capsys.readouterr().out, out_json, 2)
+    assert main([*argv, "--json", str(out_json), "--quiet", "--hog", "1"]) == 0
+    fields = _check_run(capsys.readouterr().out, out_json, 2)
+    assert 0 <= float(fields["end_lag_max"]) < 5
+    # The busy process ran through the step (a core's worth, seen as other processes' CPU), then stopped.
+    (step,) = json.loads(out_json.read_text())
+    other = step["machine_cpu_s"] - step["server_cpu"]["total"] - step["client_cpu_s"]
+    assert other > 0.5 * step["wall_s"]
 
 
 def test_two_streams_of_real_speech_with_the_builtin_model(
@@ -188,3 +219,21 @@ def test_simulated_ours_and_naive_agree_and_naive_costs_more() -> None:
         assert r.stats.dropped == 0 and r.stats.speech_finals == 2 and r.stats.words == 7
         assert len(r.stats.partial) == 7 and len(r.stats.final) == 2
         assert all(x >= 0 for x in r.stats.partial + r.stats.eos)
+
+
+def test_hogs_burn_a_core_each_until_stopped() -> None:
+    import os
+    import time
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    with Hogs(2) as hogs:
+        procs = hogs.processes
+        assert len(procs) == 2
+        time.sleep(0.6)
+        assert all(cpu(p.pid) > 0.2 for p in procs)  # busy, not asleep
+    assert all(p.poll() is not None for p in procs)  # stopped with the block

@@ -176,10 +176,15 @@ def test_endpointing_mapping() -> None:
     assert parse().streaming_config(base).vad.endpoint_ms == base.vad.endpoint_ms
     assert parse(endpointing="true").streaming_config(base).vad.endpoint_ms == base.vad.endpoint_ms
     assert parse(endpointing="false").streaming_config(base).vad.endpoint_ms is None
-    assert parse(endpointing="250").streaming_config(base).vad.endpoint_ms == 250
-    # Deepgram's default (10 ms) is below one VAD frame: raised to the frame.
-    assert parse(endpointing="10").streaming_config(base).vad.endpoint_ms == base.vad.frame_ms
-    assert parse(endpointing="0").streaming_config(base).vad.endpoint_ms == base.vad.frame_ms
+    assert parse(endpointing="900").streaming_config(base).vad.endpoint_ms == 900
+    # Shorter than the server's: segments keep its endpoint, the utterance ends at a pause inside them,
+    # never shorter than min_pause_ms (Deepgram's default of 10 ms, LiveKit's 25, or 0).
+    vad = parse(endpointing="250").streaming_config(base).vad
+    assert (vad.endpoint_ms, vad.pause_ms) == (base.vad.endpoint_ms, 250)
+    for short in ("0", "10", "25", "50"):
+        vad = parse(endpointing=short).streaming_config(base).vad
+        assert (vad.endpoint_ms, vad.pause_ms) == (base.vad.endpoint_ms, base.vad.min_pause_ms)
+    assert parse(endpointing="false").streaming_config(base).vad.pause_ms is None
 
 
 def test_streaming_config_overrides() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streamer.audio import AudioFormat, float_to_linear16
 from streamer.engine.fake import EnergyDetector, ToneEngine
-from streamer.session import Session, StreamingConfig
+from streamer.session import Session, StreamingConfig, WindowRequest
 from streamer.stream import Stream
 from streamer.transcribe import transcribe_samples
 from streamer.transcript import SpeechStarted, Transcript, UtteranceEnd
@@ -47,14 +47,7 @@ def test_finals_equal_offline_transcription_of_each_segment() -> None:
     audio = speech(GROUPS, seed=3)
     events = run_session(_session(), ENGINE, audio)
     vad = VadConfig()
-    from streamer import vad as vad_module
-
-    original = vad_module.WebRtcDetector
-    vad_module.WebRtcDetector = lambda _a: EnergyDetector()  # type: ignore[assignment,misc,return-value]
-    try:
-        offline = transcribe_samples(ENGINE, audio, vad)
-    finally:
-        vad_module.WebRtcDetector = original  # type: ignore[misc]
+    offline = transcribe_samples(ENGINE, audio, vad, detector=EnergyDetector())
     assert [f.words for f in finals(events)] == [tuple(r.words) for r in offline]
 
 
@@ -264,3 +257,52 @@ def test_an_early_final_is_discarded_when_speech_resumes() -> None:
     plain = run_session(_session(interim_results=False, early_final=False), ENGINE, audio)
     assert [f.words] == [p.words for p in finals(plain)]
     assert session.samples_to_model > session.speech_samples  # the discarded pass cost something
+
+
+def _feed_slowly(session: Session, audio: np.ndarray, answer_every: int) -> tuple[list[object], int]:
+    """Feed 0.1 s chunks but run the model only every `answer_every` chunks (a machine that falls behind);
+    returns the events and the most partial windows that were in flight at once."""
+    events: list[object] = []
+    most = 0
+    queued: list[WindowRequest] = []
+    for i, pos in enumerate(range(0, len(audio), 1600)):
+        session.receive_audio(audio[pos : pos + 1600])
+        queued += session.take_requests()
+        most = max(most, sum(1 for r in queued if r.kind == "window"))
+        if i % answer_every == answer_every - 1:
+            while queued:
+                batch, queued = queued, []
+                for r in batch:
+                    session.receive_logprobs(r.id, ENGINE.forward([r.audio])[0])
+                queued += session.take_requests()
+        events += session.take_events()
+    session.close()
+    for r in queued:
+        session.receive_logprobs(r.id, ENGINE.forward([r.audio])[0])
+    while answer(session, ENGINE):
+        pass
+    events += session.take_events()
+    return events, most
+
+
+def test_a_stream_that_falls_behind_coalesces_its_partial_windows() -> None:
+    audio = speech([WORDS * 2], seed=4)  # one long phrase, a window due every 0.7 s
+    behind = _session()
+    events, most = _feed_slowly(behind, audio, answer_every=25)  # the model runs every 2.5 s
+    assert most == 1  # never a queue of partial windows: one in flight, the hops behind it wait
+    assert behind.coalesced_hops >= 5
+    assert final_words(events) == WORDS * 2  # finals do not change
+    partials = [e for e in events if isinstance(e, Transcript) and not e.is_final]
+    assert len(partials) >= 3 and max(len(p.words) for p in partials) >= 4  # fewer, longer updates
+    # Without coalescing the windows pile up behind the model.
+    queued = _session(coalesce=False)
+    events, most = _feed_slowly(queued, audio, answer_every=25)
+    assert most >= 3 and queued.coalesced_hops == 0
+    assert final_words(events) == WORDS * 2
+
+
+def test_a_stream_that_keeps_up_coalesces_nothing() -> None:
+    session = _session()
+    events = run_session(session, ENGINE, speech([WORDS * 2], seed=4), sizes=(1600,))
+    assert session.coalesced_hops == 0
+    assert final_words(events) == WORDS * 2

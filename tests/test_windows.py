@@ -16,12 +16,16 @@ ENGINE = ToneEngine()
 GEOMETRY = Geometry(ENGINE.frame_samples, ENGINE.receptive_field, ENGINE.num_frames)
 
 
-def _stitch(audio: np.ndarray, plan: FramePlan, geometry: Geometry, step: int) -> tuple[np.ndarray, int]:
+def _stitch(
+    audio: np.ndarray, plan: FramePlan, geometry: Geometry, step: int, max_hops: int = 1
+) -> tuple[np.ndarray, int]:
     """Feed the segment `step` samples at a time, as a live stream would; returns frames and model samples."""
     st_ = Stitcher(plan, geometry)
     processed = 0
     for available in [*range(step, len(audio), step), len(audio)]:
-        while (w := st_.next_window(available)) is not None:
+        while (w := st_.next_window(available, max_hops=max_hops)) is not None:
+            kept = w.keep_to - w.keep_from
+            assert kept % plan.hop == 0 and kept <= max_hops * plan.hop
             st_.add(w, ENGINE.forward([audio[w.start : w.end]])[0])
             processed += w.end - w.start
     w = st_.next_window(len(audio), final=True)
@@ -39,11 +43,15 @@ def _stitch(audio: np.ndarray, plan: FramePlan, geometry: Geometry, step: int) -
     hop=st.integers(min_value=1, max_value=60),
     right=st.integers(min_value=0, max_value=20),
     step=st.integers(min_value=160, max_value=9000),
+    max_hops=st.integers(min_value=1, max_value=5),
 )
-def test_stitched_equals_full_pass(length: int, left: int, hop: int, right: int, step: int) -> None:
+def test_stitched_equals_full_pass(
+    length: int, left: int, hop: int, right: int, step: int, max_hops: int
+) -> None:
+    # max_hops > 1: coalesced windows (several hops in one, as when a stream falls behind) stitch the same.
     rng = np.random.default_rng(length)
     audio = (0.1 * rng.standard_normal(length)).astype(np.float32)
-    frames, _ = _stitch(audio, FramePlan(left, hop, right), GEOMETRY, step)
+    frames, _ = _stitch(audio, FramePlan(left, hop, right), GEOMETRY, step, max_hops)
     full = ENGINE.forward([audio])[0]
     assert len(frames) == len(full) == ENGINE.num_frames(length)
     if len(full):
@@ -100,3 +108,16 @@ def test_hama_frame_count_formula_matches_the_model() -> None:
     engine = HamaEngine()
     for n in (320, 1000, 16000, 16319, 16320):
         assert len(engine.forward([np.zeros(n, np.float32)])[0]) == engine.num_frames(n)
+
+
+def test_a_coalesced_window_keeps_every_whole_hop_the_audio_allows() -> None:
+    plan = FramePlan(3, 5, 2)
+    fs = GEOMETRY.frame_samples
+    enough = (4 * 5 + 2) * fs + GEOMETRY.lookahead  # four hops and the right context, not five
+    one = Stitcher(plan, GEOMETRY).next_window(enough)
+    many = Stitcher(plan, GEOMETRY).next_window(enough, max_hops=10)
+    capped = Stitcher(plan, GEOMETRY).next_window(enough, max_hops=3)
+    assert one is not None and (one.keep_from, one.keep_to) == (0, 5)
+    assert many is not None and (many.keep_from, many.keep_to, many.end) == (0, 20, enough)
+    assert capped is not None and capped.keep_to == 15
+    assert Stitcher(plan, GEOMETRY).next_window(enough - 1, max_hops=10).keep_to == 15  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "soak": "streamer.bench.soak",
     "longcall": "streamer.bench.longcall",
     "telephone": "streamer.bench.telephone",
+    "vadcost": "streamer.bench.vadcost",
 }
 
 

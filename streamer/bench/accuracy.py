@@ -6,18 +6,36 @@
 in 20-100 ms frames, finals joined), their WER against the reference, and a long stream of all clips joined
 with pauses. Clips are transcoded in memory to the wire format (`--rate`, `--encoding`; `--telephone` is
 8 kHz mu-law), and the offline pass decodes the very bytes the stream sends, so the two differ only by
-streaming. Ends with `accuracy: clips=N offline_wer=X streaming_wer=Y stream_vs_offline=Z compute_ratio=R`.
+streaming.
+
+Noise and detectors: `--noise KIND:SNR` (babble, white, pink, brown; SNR in dB against the speech's active
+level, see `streamer.bench.noise`) mixes noise into every clip and into the long stream before the wire
+encoding (babble: four other clips of the set at once); `--vad webrtc|webrtc-nogate|silero` picks the
+detector (webrtc-nogate: webrtc without the level gate, `VadConfig.quiet_db=None`), for the stream and the
+offline pass alike. `--noise-only-s` seconds of the noise alone, at the absolute level the long stream's
+mix used, go through the segmenter to count false speech starts; the long stream is also simulated on one
+core in virtual time (`streamer.bench.sim`) for final latency.
+
+Ends with `accuracy: clips=N offline_wer=X streaming_wer=Y stream_vs_offline=Z compute_ratio=R` over the
+clips, then on the same line `false_starts_per_min=F noise_in_speech=S vad_cpu=C final_p50=P
+final_p95=Q endpoints=E`: speech starts per minute of noise alone and the fraction of it that segments
+took in; core-seconds of segmenter + detector per audio second (measured on the noise-only pass); the
+long stream's simulated final latency (s) at its E endpoints (nan without the long stream, with
+`--no-sim`, or when noise kept every segment open until the length cap).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -37,14 +55,21 @@ from streamer.audio import (
 )
 from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench.data import Clip, join_with_pauses, load_manifest, normalise, wer
+from streamer.bench.noise import NOISE_KINDS, NoiseSpec, make_noise, mix_at_snr, scaled
 from streamer.ctc import FloatArray
 from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
+from streamer.errors import ConfigError
 from streamer.runner import StreamRunner
 from streamer.session import StreamingConfig
 from streamer.stream import Stream
 from streamer.transcribe import transcribe_samples
 from streamer.transcript import Event, SpeechStarted, Transcript
+from streamer.vad import SegmentAudio, Segmenter, SegmentStart, SpeechDetector, VadConfig
 from streamer.windows import WindowPlan
+
+DetectorFactory = Callable[[], SpeechDetector]
+BenchVad = Literal["webrtc", "webrtc-nogate", "silero"]
+BENCH_VADS: tuple[BenchVad, ...] = ("webrtc", "webrtc-nogate", "silero")
 
 
 @dataclass
@@ -100,11 +125,13 @@ async def stream_transcript(
     config: StreamingConfig,
     seed: int,
     wire: Wire = Wire(),
+    detectors: DetectorFactory | None = None,
 ) -> StreamResult:
-    """Feed `data` (bytes in the wire's format) in random 20-100 ms frames through the real streaming path."""
+    """Feed `data` (bytes in the wire's format) in random 20-100 ms frames through the real streaming path
+    (`detectors`: makes each channel's speech detector; None: webrtcvad)."""
     events: list[tuple[float, Event]] = []
     fmt = wire.format
-    stream = Stream(engine, config, fmt)
+    stream = Stream(engine, config, fmt, detectors)
     runner = StreamRunner(stream, batcher, lambda e: events.append((stream.duration, e)))
     bytes_per_ms = fmt.bytes_per_second() // 1000
     rng = random.Random(seed)
@@ -132,8 +159,15 @@ async def stream_transcript(
     )
 
 
-def offline_transcript(engine: Engine, audio: FloatArray, config: StreamingConfig) -> str:
-    return " ".join(r.text for r in transcribe_samples(engine, audio, config.vad) if r.text)
+def offline_transcript(
+    engine: Engine, audio: FloatArray, config: StreamingConfig, detectors: DetectorFactory | None = None
+) -> str:
+    detector = detectors() if detectors is not None else None
+    return " ".join(
+        r.text
+        for r in transcribe_samples(engine, audio, config.vad, detector=detector, context_s=config.context_s)
+        if r.text
+    )
 
 
 @dataclass
@@ -144,6 +178,21 @@ class Row:
     offline: str
     streaming: str
     result: StreamResult
+    noise_power: float = 0.0
+    """Mean power of the noise mixed in (wire-rate samples; 0 without noise)."""
+    model_audio: FloatArray | None = field(default=None, repr=False)
+    """The 16 kHz audio the model saw (kept for the long stream only, for the simulation)."""
+
+
+def noisy(
+    audio: FloatArray, noise: NoiseSpec | None, seed: int, rate: int, others: list[FloatArray]
+) -> tuple[FloatArray, float]:
+    """`audio` with `noise` mixed in at its SNR (babble from `others`) and the noise power used; the
+    audio unchanged (power 0) without noise."""
+    if noise is None:
+        return audio, 0.0
+    background = make_noise(noise.kind, len(audio), seed=seed, sources=others, rate=rate)
+    return mix_at_snr(audio, background, noise.snr_db, rate)
 
 
 async def evaluate(
@@ -155,33 +204,126 @@ async def evaluate(
     seed: int,
     verbose: bool,
     wire: Wire = Wire(),
+    noise: NoiseSpec | None = None,
+    detectors: DetectorFactory | None = None,
 ) -> tuple[list[Row], Row | None]:
+    """Every clip offline and streamed (and the clips joined into one long stream); `noise` is mixed into
+    each clip (babble from the other clips) and into the joined stream at its SNR; `detectors` makes the
+    speech detector of each stream and offline pass (None: webrtcvad)."""
     batcher = Batcher(engine, BatcherConfig())
     batcher.start()
     rows: list[Row] = []
-    audios = []
+    rate = wire.format.sample_rate
+    audios = [wire.clip_audio(clip) for clip in clips]
     try:
-        rate = wire.format.sample_rate
         for i, clip in enumerate(clips):
-            audio = wire.clip_audio(clip)
-            audios.append(audio)
+            audio, power = noisy(audios[i], noise, seed + i, rate, audios[:i] + audios[i + 1 :])
             data = wire.encode(audio)
-            offline = offline_transcript(engine, wire.to_model(data), config)
-            result = await stream_transcript(engine, batcher, data, config, seed + i, wire)
-            rows.append(Row(clip.name, len(audio) / rate, clip.transcript, offline, result.text, result))
+            offline = offline_transcript(engine, wire.to_model(data), config, detectors)
+            result = await stream_transcript(engine, batcher, data, config, seed + i, wire, detectors)
+            rows.append(
+                Row(clip.name, len(audio) / rate, clip.transcript, offline, result.text, result, power)
+            )
             if verbose:
                 print(f"  [{i + 1}/{len(clips)}] {clip.name}", file=sys.stderr, flush=True)
         joined_row = None
         if long_stream and clips:
-            joined = join_with_pauses(audios, seed=seed, rate=rate)
+            # Babble here is made of the same clips (at random offsets, four at once): there are no others.
+            joined, power = noisy(join_with_pauses(audios, seed=seed, rate=rate), noise, seed, rate, audios)
             data = wire.encode(joined)
-            offline = offline_transcript(engine, wire.to_model(data), config)
-            result = await stream_transcript(engine, batcher, data, config, seed, wire)
+            model_audio = wire.to_model(data)
+            offline = offline_transcript(engine, model_audio, config, detectors)
+            result = await stream_transcript(engine, batcher, data, config, seed, wire, detectors)
             reference = " ".join(c.transcript for c in clips)
-            joined_row = Row("long-stream", len(joined) / rate, reference, offline, result.text, result)
+            joined_row = Row(
+                "long-stream", len(joined) / rate, reference, offline, result.text, result, power, model_audio
+            )
     finally:
         await batcher.stop()
     return rows, joined_row
+
+
+@dataclass(frozen=True)
+class NoiseOnly:
+    """Noise alone through the segmenter: false speech starts and what the VAD cost."""
+
+    seconds: float
+    starts: int
+    vad_cpu_s: float
+    in_segments_s: float = 0.0
+    """Noise-only audio that segments took in (a detector stuck on "speech" starts once, then holds)."""
+
+    @property
+    def speech_fraction(self) -> float:
+        return self.in_segments_s / self.seconds if self.seconds else math.nan
+
+    @property
+    def starts_per_min(self) -> float:
+        return self.starts * 60.0 / self.seconds if self.seconds else math.nan
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        """Core-seconds of segmenter + detector per second of audio."""
+        return self.vad_cpu_s / self.seconds if self.seconds else math.nan
+
+
+def noise_only(
+    noise: NoiseSpec | None,
+    power: float,
+    seconds: float,
+    vad: VadConfig,
+    detectors: DetectorFactory | None,
+    *,
+    seed: int,
+    wire: Wire = Wire(),
+    sources: list[FloatArray] | None = None,
+) -> NoiseOnly:
+    """`seconds` of `noise` alone at mean power `power` (silence without noise), sent over the wire and
+    through a fresh segmenter in 20-100 ms pieces; counts segment starts (split continuations excluded).
+    The segmenter starts with no speech level, so its level gate is idle: the detector alone decides."""
+    rate = wire.format.sample_rate
+    n = round(seconds * rate)
+    if n <= 0:
+        return NoiseOnly(0.0, 0, 0.0)  # --noise-only-s 0: skipped (nan per minute)
+    if noise is None:
+        audio = np.zeros(n, np.float32)
+    else:
+        audio = scaled(make_noise(noise.kind, n, seed=seed, sources=sources, rate=rate), power)
+    samples = wire.to_model(wire.encode(audio))
+    segmenter = Segmenter(vad, detectors() if detectors is not None else None)
+    rng = random.Random(seed)
+    starts = 0
+    kept = 0
+    cpu = time.thread_time()
+    pos = 0
+    while pos < len(samples):
+        step = 16 * rng.randint(20, 100)
+        events = segmenter.push(samples[pos : pos + step])
+        starts += sum(1 for e in events if isinstance(e, SegmentStart) and not e.continued)
+        kept += sum(len(e.samples) for e in events if isinstance(e, SegmentAudio))
+        pos += step
+    kept += sum(len(e.samples) for e in segmenter.flush() if isinstance(e, SegmentAudio))
+    return NoiseOnly(len(samples) / SAMPLE_RATE, starts, time.thread_time() - cpu, kept / SAMPLE_RATE)
+
+
+def simulated_finals(
+    engine: Engine, row: Row, config: StreamingConfig, detectors: DetectorFactory | None, seed: int
+) -> tuple[float, float, int]:
+    """Final latency p50 and p95 (s) of `row`'s audio through the real Session on one simulated core in
+    virtual time (`streamer.bench.sim`): the waiting is simulated, the model's CPU time is real. Latency is
+    measured at endpoints only (finals with speech_final), whose count is the third value: noise that
+    keeps the detector on gives few or none (segments then end at the length cap)."""
+    from streamer.bench.load import percentile
+    from streamer.bench.sim import Core, OurSystem, simulate
+
+    if row.model_audio is None:
+        return math.nan, math.nan, 0
+    core = Core()
+    system = OurSystem(engine, core, config, detector=detectors() if detectors is not None else None)
+    speech_s = row.result.speech_samples / SAMPLE_RATE
+    result = simulate(system, core, row.model_audio, speech_s=speech_s, seed=seed)
+    finals = result.stats.final
+    return percentile(finals, 50), percentile(finals, 95), len(finals)
 
 
 def _line(row: Row) -> str:
@@ -211,15 +353,24 @@ def add_streaming_flags(parser: argparse.ArgumentParser) -> None:
         help="finalise pending speech beyond this many seconds at a model-found pause (0: off, the default)",
     )
     parser.add_argument("--no-interim", action="store_true", help="no partial windows at all")
+    parser.add_argument(
+        "--endpointing-ms",
+        type=int,
+        default=d.vad.endpoint_ms,
+        help="silence that ends an utterance, as a client's endpointing parameter (default %(default)s)",
+    )
 
 
 def streaming_config(args: argparse.Namespace) -> StreamingConfig:
+    """The config a stream gets for these flags (endpointing as the protocol applies a client's value)."""
+    base = StreamingConfig()
     return replace(
-        StreamingConfig(),
+        base,
         partial_plan=WindowPlan(args.window_left, args.window_hop, args.window_right),
         final_pass=not args.no_final_pass,
         commit_after_s=args.commit_after or None,
         interim_results=not args.no_interim,
+        vad=base.vad.with_endpointing(args.endpointing_ms),
     )
 
 
@@ -243,6 +394,30 @@ def main(argv: list[str] | None = None) -> int:
         help="send the clips as 8 kHz mu-law, as a phone network does (--rate 8000 --encoding mulaw)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--noise",
+        type=_noise_arg,
+        default=None,
+        metavar="KIND:SNR",
+        help=f"mix noise into every clip and the long stream: KIND one of {', '.join(NOISE_KINDS)}, SNR in "
+        "dB against the speech's active level (e.g. pink:10)",
+    )
+    parser.add_argument(
+        "--vad",
+        choices=BENCH_VADS,
+        default="webrtc",
+        help="speech detector for stream and offline pass; webrtc-nogate: webrtc without the level gate "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--noise-only-s",
+        type=float,
+        default=60.0,
+        help="seconds of the noise alone (at the mix's level) to count false speech starts (0: skip)",
+    )
+    parser.add_argument(
+        "--no-sim", action="store_true", help="skip the simulated final latency of the long stream"
+    )
     add_streaming_flags(parser)
     args = parser.parse_args(argv)
     if args.telephone and (args.rate or args.encoding):
@@ -252,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not MIN_RATE <= wire.rate <= MAX_RATE:
         parser.error(f"--rate must be {MIN_RATE}-{MAX_RATE} Hz")
-    config = streaming_config(args)
+    config, detectors = bench_vad(args.vad, streaming_config(args))
     clips = load_manifest(args.data, args.language)
     if args.clips:
         clips = clips[: args.clips]
@@ -270,13 +445,33 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             verbose=not args.quiet,
             wire=wire,
+            noise=args.noise,
+            detectors=detectors,
         )
+    )
+    # Noise alone at the absolute level of the long stream's mix (else the clips' mean level).
+    level = joined.noise_power if joined is not None else float(np.mean([r.noise_power for r in rows]))
+    alone = noise_only(
+        args.noise,
+        level,
+        args.noise_only_s,
+        config.vad,
+        detectors,
+        seed=args.seed + 10_000,
+        wire=wire,
+        sources=[wire.clip_audio(c) for c in clips] if args.noise and args.noise.kind == "babble" else None,
+    )
+    p50, p95, endpoints = (
+        (math.nan, math.nan, 0)
+        if joined is None or args.no_sim
+        else simulated_finals(engine, joined, config, detectors, args.seed)
     )
     plan = config.partial_plan
     print(
         f"model={engine.name} windows(left/hop/right)={plan.left_s}/{plan.hop_s}/{plan.right_s}s "
         f"final_pass={config.final_pass} commit_after={config.commit_after_s or 'off'} "
-        f"wire={wire}"
+        f"wire={wire} vad={args.vad} noise={args.noise or 'none'} endpointing_ms={args.endpointing_ms} "
+        f"utterance_pause_ms={config.vad.pause_ms or '-'}"
     )
     print(f"{'clip':<28} {'seconds':>7} {'off_wer':>8} {'str_wer':>8} {'s_vs_o':>8} {'comp':>6} {'gap':>6}")
     for row in rows:
@@ -308,9 +503,29 @@ def main(argv: list[str] | None = None) -> int:
         f"accuracy: clips={len(rows)} offline_wer={wer(refs, [r.offline for r in rows]):.4f} "
         f"streaming_wer={wer(refs, [r.streaming for r in rows]):.4f} "
         f"stream_vs_offline={wer([r.offline for r in rows], [r.streaming for r in rows]):.4f} "
-        f"compute_ratio={to_model / max(1, speech):.3f}"
+        f"compute_ratio={to_model / max(1, speech):.3f} "
+        f"false_starts_per_min={alone.starts_per_min:.2f} noise_in_speech={alone.speech_fraction:.3f} "
+        f"vad_cpu={alone.cpu_per_audio_s:.5f} final_p50={p50:.3f} final_p95={p95:.3f} endpoints={endpoints}"
     )
     return 0
+
+
+def bench_vad(vad: BenchVad, config: StreamingConfig) -> tuple[StreamingConfig, DetectorFactory | None]:
+    """The streaming config and detector factory of a `--vad` choice (None: the segmenter's webrtcvad)."""
+    if vad == "webrtc-nogate":
+        return replace(config, vad=replace(config.vad, quiet_db=None)), None
+    if vad == "silero":
+        from streamer.vad_silero import silero_factory
+
+        return config, silero_factory()
+    return config, None
+
+
+def _noise_arg(text: str) -> NoiseSpec:
+    try:
+        return NoiseSpec.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 __all__ = ["main", "normalise"]

@@ -4,6 +4,7 @@
     python -m streamer.bench load --streams 4 --url http://127.0.0.1:8000   # an already running server
     python -m streamer.bench load --find-capacity --seconds 40      # largest N that keeps up
     python -m streamer.bench load --streams 4 --model en=/models/w2v2 --max-batch 1 --profile prof.txt
+    python -m streamer.bench load --streams 4 --hog 1               # while one busy process takes a core
 
 Each client streams real speech from `--data` (default ../shared/data, `--language en`): clips in a
 client-specific order joined with 0.3-2 s pauses (`streamer.bench.data.join_with_pauses`), at real-time
@@ -23,8 +24,11 @@ Latencies (wall seconds, measured by the client, p50/p95/p99 over all streams):
 Also the engine's real-time factor (busy seconds / audio seconds, from /metrics before and after), batch
 sizes, server CPU, `overhead` = server CPU / engine CPU, and health counts that must be zero: dropped
 (missing finals or Metadata, errors, refused handshakes) and behind (clients whose send loop ran late by
-more than 0.5 s). The last line is
-`load: streams=N partial_p50=.. partial_p95=.. final_p50=.. final_p95=.. eos_p95=.. overhead=.. capacity=..`.
+more than 0.5 s), and end lag: from sending a stream's last audio to receiving its closing Metadata, after
+every final (how far behind real time the server ends). `--hog N` runs N busy processes during the steps.
+The last line is
+`load: streams=N partial_p50=.. partial_p95=.. final_p50=.. final_p95=.. eos_p95=.. overhead=.. end_lag_max=..
+capacity=..`.
 
 From code: `await run_step(target, n, workload, options)` runs one step against a `Target` (a running
 server, or a `ServerProcess`), `await find_capacity(...)` the search; `analyse_client` is pure.
@@ -405,6 +409,9 @@ class ClientStats:
     overlapping_finals: int = 0
     behind: int = 0
     max_lag_s: float = 0.0
+    end_lag_s: float = 0.0
+    """From sending the last audio (then CloseStream) to receiving the closing Metadata, which follows
+    every final: how far behind real time the server ended."""
 
     @property
     def dropped(self) -> int:
@@ -414,8 +421,8 @@ class ClientStats:
         for name, value in vars(other).items():
             if isinstance(value, list):
                 getattr(self, name).extend(value)
-            elif name == "max_lag_s":
-                self.max_lag_s = max(self.max_lag_s, value)
+            elif name in ("max_lag_s", "end_lag_s"):
+                setattr(self, name, max(getattr(self, name), value))
             else:
                 setattr(self, name, getattr(self, name) + value)
 
@@ -486,6 +493,9 @@ def analyse_client(run: ClientRun, endpointing_s: float, lag_limit_s: float = LA
                 stats.missing_finals += 1
     if results and not results[-1][1]["is_final"]:
         stats.missing_finals += 1
+    closing = [t for t, m in run.messages if m.get("type") == "Metadata"]
+    if closing:
+        stats.end_lag_s = max(0.0, closing[-1] - run.frames[-1][1])
     return stats
 
 
@@ -558,6 +568,7 @@ class StepResult:
             "final_p95": percentile(s.final, 95),
             "eos_p95": percentile(s.eos, 95),
             "overhead": self.overhead,
+            "end_lag_max": s.end_lag_s if s.missing_metadata == 0 else math.nan,
         }
 
 
@@ -652,6 +663,38 @@ async def run_step(target: Target, streams: int, workload: Workload, options: Lo
         machine_cpu_s=machine_cpu,
         errors=[f"client {r.index}: {r.error}" for r in runs if r.error],
     )
+
+
+class Hogs:
+    """`with Hogs(n):` runs n busy processes (a Python loop each, one core's worth) meanwhile: a machine
+    whose CPU another tenant takes, started and stopped by the benchmark itself."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return list(self._procs)
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self._procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+
+    def stop(self) -> None:
+        """Kill them (idempotent)."""
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.wait()
+        self._procs.clear()
+
+    def __enter__(self) -> Hogs:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # ---- capacity search --------------------------------------------------------------------------------------
@@ -778,7 +821,8 @@ def summary_line(step: StepResult | None, capacity: int | None) -> str:
         step.figures()
         if step is not None
         else dict.fromkeys(
-            ("partial_p50", "partial_p95", "final_p50", "final_p95", "eos_p95", "overhead"), math.nan
+            ("partial_p50", "partial_p95", "final_p50", "final_p95", "eos_p95", "overhead", "end_lag_max"),
+            math.nan,
         )
     )
     return (
@@ -832,6 +876,7 @@ def step_table(step: StepResult) -> str:
         f"health: dropped={s.dropped} (missing_finals={s.missing_finals} "
         f"missing_metadata={s.missing_metadata} "
         f"errors={s.errors}) behind={s.behind} max_send_lag={s.max_lag_s:.3f} s "
+        f"end_lag_max={s.end_lag_s:.3f} s "
         f"stale_interims={s.stale_interims} overlapping_finals={s.overlapping_finals}"
     )
     rows += [f"  {e}" for e in step.errors[:5]]
@@ -929,6 +974,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="py-spy the started server during the (first) step: raw stacks to this file, summary printed",
     )
+    parser.add_argument(
+        "--hog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy processes (one core each) during the steps, as another tenant would (default 0)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     group = parser.add_argument_group("passed to the started server (its defaults when not given)")
     group.add_argument("--model", action="append", metavar="[LANG=]SPEC", help="e.g. en=fake:tone")
@@ -959,6 +1011,7 @@ async def _main(args: argparse.Namespace) -> int:
         target = Target(await asyncio.to_thread(server.start), None)
         target.pid = server.pid
     profiler: subprocess.Popen[bytes] | None = None
+    hogs = Hogs(args.hog)
     try:
         if args.profile is not None:
             exe = py_spy()
@@ -987,6 +1040,9 @@ async def _main(args: argparse.Namespace) -> int:
                     stderr=subprocess.DEVNULL,
                 )
         capacity: int | None = None
+        if args.hog and not args.quiet:
+            log(f"hog: {args.hog} busy process(es) run during the steps")
+        hogs.start()
         if args.sweep:
             counts = [int(n) for n in args.sweep.split(",") if n.strip()]
             steps = []
@@ -1023,6 +1079,7 @@ async def _main(args: argparse.Namespace) -> int:
             steps = [await run_step(target, args.streams, workload, options)]
             shown = steps[0]
             print(step_table(shown))
+        hogs.stop()
         if profiler is not None and args.profile is not None:
             profiler.wait(timeout=120)
             if args.profile.exists():
@@ -1033,6 +1090,7 @@ async def _main(args: argparse.Namespace) -> int:
         print(summary_line(shown, capacity))
         return 0
     finally:
+        hogs.stop()
         if profiler is not None and profiler.poll() is None:
             profiler.terminate()
         if server is not None:

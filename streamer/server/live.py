@@ -98,6 +98,7 @@ class LiveStream:
         self.runner: StreamRunner | None = None
         self.info: StreamInfo | None = None
         self._sha = hashlib.sha256()
+        self._coalesced = 0  # the stream's coalesced hops already exported
         self._out = Outbox(state.config.limits.max_outbox)
         self._recv_task: asyncio.Task[End] | None = None
         self._stop: End | None = None
@@ -171,6 +172,7 @@ class LiveStream:
             # leave windows in flight or the connection open.
             if self.runner is not None:
                 await self.runner.cancel()
+            self._count_coalesced()
             if not self.conn.closed:
                 code, reason = self._abort_frame()
                 log.warning("stream %s: aborted, closing with %d (%s)", self.id, code, reason)
@@ -345,6 +347,16 @@ class LiveStream:
         self._sha.update(data)
         self.runner.feed(data)
         self.state.metrics.audio_seconds.labels(self.model.name).inc(len(data) / self._bytes_per_second)
+        self._count_coalesced()
+
+    def _count_coalesced(self) -> None:
+        """Export the hops the stream's partial windows merged since the last call (degraded interims)."""
+        if self.stream is None:
+            return
+        hops = self.stream.coalesced_hops
+        if hops > self._coalesced:
+            self.state.metrics.coalesced_hops.labels(self.model.name).inc(hops - self._coalesced)
+            self._coalesced = hops
 
     async def _read_buffered(self) -> None:
         """Shutdown: take in the audio that had already reached us when the stream was stopped, so that

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from streamer import __version__
 from streamer.batcher import Batcher
-from streamer.config import ModelSpec, ServerConfig
+from streamer.config import DetectorKind, ModelSpec, ServerConfig
 from streamer.engine import Engine, load_engine
 from streamer.errors import ConfigError, OverloadError
 from streamer.load import LoadTracker
@@ -51,18 +51,31 @@ class ServedModel:
     engine: Engine
     batcher: Batcher
     identity: ModelIdentity
-    energy_vad: bool
+    vad: DetectorKind
+    _detectors: Callable[[], SpeechDetector] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vad == "energy":
+            from streamer.engine.fake import EnergyDetector
+
+            self._detectors = EnergyDetector
+        elif self.vad == "silero":
+            from streamer.vad_silero import silero_factory
+
+            self._detectors = silero_factory()  # loads the weights now: a missing package fails at start
+        # webrtc: None, sessions build webrtcvad from the VAD config
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def detector_factory(self) -> Callable[[], SpeechDetector] | None:
-        if not self.energy_vad:
-            return None  # sessions build webrtcvad from the VAD config
-        from streamer.engine.fake import EnergyDetector
+    @property
+    def energy_vad(self) -> bool:
+        return self.vad == "energy"
 
-        return EnergyDetector
+    def detector_factory(self) -> Callable[[], SpeechDetector] | None:
+        """Makes one detector per channel; None: the segmenter's default (webrtcvad)."""
+        return self._detectors
 
 
 def load_engines(config: ServerConfig) -> dict[str, Engine]:
@@ -134,7 +147,7 @@ class ServerState:
                     str(uuid.uuid5(MODEL_NAMESPACE, f"{spec.name}={spec.spec}")),
                     ModelInfo(spec.name, __version__, _public_arch(engine.name)),
                 ),
-                energy_vad=config.uses_energy_vad(spec),
+                vad=config.detector_kind(spec),
             )
             self.metrics.track_batcher(spec.name, self.models[spec.name].batcher.stats)
         self.model_names = [m.name for m in config.models]
@@ -253,7 +266,7 @@ class ServerState:
                 model.spec.language,
                 model.spec.spec,
                 model.engine.name,
-                "energy" if model.energy_vad else "webrtc",
+                model.vad,
             )
         if self.config.auth_enabled:
             log.info("authentication on: %d API key(s)", len(self.config.api_keys))
