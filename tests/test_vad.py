@@ -216,3 +216,27 @@ def test_the_early_final_lead_grows_with_the_segment(speech_s: float) -> None:
     # The pause frames are whole 30 ms frames from the one after the speech ends.
     first_pause = math.ceil(speech_end / 0.03) * 0.03
     assert may_end_at == pytest.approx(first_pause + 0.42 - lead, abs=0.031)
+
+
+def test_the_speech_level_reads_the_same_percentile_numpy_computes() -> None:
+    from collections import deque
+
+    from streamer.vad import SpeechLevel, percentile_90
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 9, 10, 11, 57, 100):
+        values = list(rng.normal(-30, 8, n)) + [-25.0] * (n // 3)  # ties too
+        assert percentile_90(sorted(values)) == float(np.percentile(values, 90))
+    # Through adds and forgetting (by count and by age), against the percentile of what is remembered.
+    level = SpeechLevel(frames=20, quiet_db=10.0, memory_frames=50)
+    kept: deque[tuple[int, float]] = deque(maxlen=20)
+    for frame_no in range(1, 600):
+        db = float(rng.normal(-30, 8))
+        if rng.random() < 0.3 or 200 < frame_no < 300:  # a silence longer than the memory
+            continue
+        while kept and kept[0][0] < frame_no - 50:
+            kept.popleft()
+        expected = bool(kept) and db < float(np.percentile([d for _, d in kept], 90)) - 10.0
+        assert level.quiet(frame_no, db) == expected, frame_no
+        level.add(frame_no, db)
+        kept.append((frame_no, db))
