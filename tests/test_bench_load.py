@@ -28,6 +28,7 @@ KEYS = {
     "eos_p95",
     "overhead",
     "end_lag_max",
+    "frontend_cpu",
     "capacity",
 }
 
@@ -146,6 +147,7 @@ def test_two_streams_of_tones_through_a_real_server(
     assert main([*argv, "--json", str(out_json), "--quiet", "--hog", "1"]) == 0
     fields = _check_run(capsys.readouterr().out, out_json, 2)
     assert 0 <= float(fields["end_lag_max"]) < 5
+    assert 0 < float(fields["frontend_cpu"]) < 0.1  # core-seconds per stream-second
     # The busy process ran through the step (a core's worth, seen as other processes' CPU), then stopped.
     (step,) = json.loads(out_json.read_text())
     other = step["machine_cpu_s"] - step["server_cpu"]["total"] - step["client_cpu_s"]

@@ -28,7 +28,7 @@ more than 0.5 s), and end lag: from sending a stream's last audio to receiving i
 every final (how far behind real time the server ends). `--hog N` runs N busy processes during the steps.
 The last line is
 `load: streams=N partial_p50=.. partial_p95=.. final_p50=.. final_p95=.. eos_p95=.. overhead=.. end_lag_max=..
-capacity=..`.
+frontend_cpu=.. capacity=..`.
 
 From code: `await run_step(target, n, workload, options)` runs one step against a `Target` (a running
 server, or a `ServerProcess`), `await find_capacity(...)` the search; `analyse_client` is pure.
@@ -549,6 +549,14 @@ class StepResult:
             return math.nan
         return self.server_cpu.total / self.server_cpu.other
 
+    @property
+    def frontend_cpu(self) -> float:
+        """Server CPU outside inference (sockets, protocol, decoding, VAD, sessions, results) per second of
+        stream audio: what caps the streams one process can feed, whatever the accelerator."""
+        if self.server_cpu is None or not self.audio_s:
+            return math.nan
+        return max(0.0, self.server_cpu.total - self.inference_cpu_s) / self.audio_s
+
     def held(self, bound_s: float, metric: str = "final") -> bool:
         """Kept up: p95 final latency within `bound_s`, nobody behind, nothing dropped, at least one final.
 
@@ -569,6 +577,7 @@ class StepResult:
             "eos_p95": percentile(s.eos, 95),
             "overhead": self.overhead,
             "end_lag_max": s.end_lag_s if s.missing_metadata == 0 else math.nan,
+            "frontend_cpu": self.frontend_cpu,
         }
 
 
@@ -821,13 +830,22 @@ def summary_line(step: StepResult | None, capacity: int | None) -> str:
         step.figures()
         if step is not None
         else dict.fromkeys(
-            ("partial_p50", "partial_p95", "final_p50", "final_p95", "eos_p95", "overhead", "end_lag_max"),
+            (
+                "partial_p50",
+                "partial_p95",
+                "final_p50",
+                "final_p95",
+                "eos_p95",
+                "overhead",
+                "end_lag_max",
+                "frontend_cpu",
+            ),
             math.nan,
         )
     )
     return (
         f"load: streams={step.streams if step else 0} "
-        + " ".join(f"{k}={_num(v)}" for k, v in f.items())
+        + " ".join(f"{k}={v:.5f}" if k == "frontend_cpu" else f"{k}={_num(v)}" for k, v in f.items())
         + f" capacity={'-' if capacity is None else capacity}"
     )
 
@@ -864,6 +882,10 @@ def step_table(step: StepResult) -> str:
             f"event_loop_thread={c.main:.1f} s engine_threads={c.other:.1f} s "
             f"overhead(total/engine)={_num(step.overhead)} "
             f"total/inference_thread={_num(c.total / step.inference_cpu_s if step.inference_cpu_s else nan)}"
+        )
+        rows.append(
+            f"frontend cpu: {step.frontend_cpu:.5f} core-s per stream-second (server outside inference); "
+            f"load generator: {step.client_cpu_s / step.audio_s if step.audio_s else nan:.5f}"
         )
     else:
         rows.append("server cpu: not measured (remote server)")
