@@ -23,7 +23,7 @@ from streamer.session import Session, StreamingConfig
 from streamer.transcribe import read_audio, speech_segments, transcribe_samples
 from streamer.transcript import SpeechStarted
 from streamer.vad import SegmentEnd, Segmenter, SegmentPause, SegmentStart, VadConfig
-from tests.sessions import WORDS, final_words, finals, run_session
+from tests.sessions import WORDS, answer, final_words, finals, run_session
 from tests.test_server import config, drain, pcm16, serve
 
 ENGINE = ToneEngine()
@@ -161,3 +161,20 @@ def test_endpointing_25_splits_no_word_across_finals(eval_data: Path) -> None:
     assert pauses >= 1  # the recording has pauses over min_pause_ms: utterance ends inside segments
     # And the text stays as good: within 2 words of the default transcript's length of agreement.
     assert abs(len(exact) - len(reference)) <= 2
+
+
+def test_finalize_while_an_utterance_pass_is_in_flight_keeps_the_order() -> None:
+    audio = _talk(WORDS[:3], WORDS[3:5], pause_s=0.3)[: -int(1.0 * 16000)]  # 0.2 s after: no pause yet
+    session = Session(ENGINE, StreamingConfig(vad=SHORT, interim_results=False), detector=EnergyDetector())
+    session.receive_audio(audio)
+    pending = session.take_requests()
+    assert [r.kind for r in pending] == ["pause"]  # the first utterance's pass, not answered yet
+    session.finalize()  # the client flushes: the rest must come after the utterance, from_finalize
+    assert not session.take_requests()  # its pass waits for the utterance's cut
+    for r in pending:
+        session.receive_logprobs(r.id, ENGINE.forward([r.audio])[0])
+    while answer(session, ENGINE):
+        pass
+    fs = finals(session.take_events())
+    assert [f.text.split() for f in fs] == [WORDS[:3], WORDS[3:5]]
+    assert [(f.speech_final, f.from_finalize) for f in fs] == [(True, False), (False, True)]
