@@ -296,6 +296,19 @@ _OPTIONS: tuple[_Option, ...] = (
         "how long a batch waits for company, ms",
     ),
     _Option("--device", "STREAMER_DEVICE", "auto", "auto, cpu, cuda or cuda:N"),
+    _Option(
+        "--decoder",
+        "STREAMER_DECODER",
+        EngineOptions().decoder,
+        "how finals are decoded: greedy, or beam (lexicon and word-frequency beam search; built-in model "
+        "only; the first start builds a lexicon cache for a few minutes)",
+    ),
+    _Option(
+        "--lexicon-words",
+        "STREAMER_LEXICON_WORDS",
+        str(EngineOptions().lexicon_words),
+        "most frequent English words in the beam decoder's lexicon",
+    ),
     _Option("--dtype", "STREAMER_DTYPE", "auto", "auto, float32, bfloat16 or float16"),
     _Option(
         "--threads",
@@ -559,11 +572,18 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     threads = None if threads_text in (None, "") else values.convert("threads", _int)
     if threads is not None:
         _check(threads >= 1, threads_source, f"threads must be >= 1, got {threads}")
+    decoder_source, decoder_text = values.get("decoder")
+    decoder = (decoder_text or "greedy").strip().lower()
+    _check(decoder in ("greedy", "beam"), decoder_source, f"expected greedy or beam, got {decoder_text!r}")
+    lexicon_words = values.convert("lexicon_words", _int)
+    _check(lexicon_words >= 1, values.get("lexicon_words")[0], f"must be >= 1, got {lexicon_words}")
     engine = EngineOptions(
         device=values.convert("device", lambda _s, t: t.strip()),
         dtype=values.convert("dtype", lambda _s, t: t.strip()),
         threads=threads,
         max_batch=engine_batch,
+        decoder=decoder,
+        lexicon_words=lexicon_words,
     )
     vad_source, vad_text = values.get("vad")
     vad_choice = (vad_text or "auto").strip().lower()

@@ -23,6 +23,7 @@ import numpy as np
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray
+from streamer.decoding import final_decoder
 from streamer.engine.base import Engine
 from streamer.errors import ConfigError
 from streamer.transcript import (
@@ -182,6 +183,7 @@ class Session:
         self.config = config
         self.channel = channel
         self.geometry = Geometry(engine.frame_samples, engine.receptive_field, engine.num_frames)
+        self._final_decoder = final_decoder(engine)
         self._plan = FramePlan.from_seconds(config.partial_plan, engine.frame_samples)
         fs = engine.frame_samples
         self._context = round(config.context_s * SAMPLE_RATE / fs)
@@ -575,7 +577,7 @@ class Session:
         from_finalize: bool,
         end_sample: int | None = None,
     ) -> None:
-        words, last = self._words(seg, frames, first_frame)
+        words, last = self._words(seg, frames, first_frame, final=True)
         seg.carry = last
         fs = self.engine.frame_samples
         start = (seg.start_sample + first_frame * fs) / SAMPLE_RATE
@@ -641,7 +643,11 @@ class Session:
             Transcript(self.channel, round(start, 3), round(end - start, 3), tuple(words), is_final=False)
         )
 
-    def _words(self, seg: _Segment, frames: FloatArray, first_frame: int) -> tuple[list[Word], int]:
+    def _words(
+        self, seg: _Segment, frames: FloatArray, first_frame: int, final: bool = False
+    ) -> tuple[list[Word], int]:
+        # Finals use the engine's final decoder (a beam search, as the offline pass does); interim
+        # results stay greedy, which is cheap and is replaced by the final anyway.
         return render_words(
             frames,
             blank_id=self.engine.blank_id,
@@ -651,6 +657,7 @@ class Session:
             first_frame=first_frame,
             origin_sample=seg.start_sample,
             prev_token=seg.carry,
+            decoder=self._final_decoder if final else None,
         )
 
     def _check_utterance_end(self) -> None:

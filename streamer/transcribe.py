@@ -1,7 +1,7 @@
 """Offline transcription: one full model pass per VAD segment (or over the whole file).
 
 This is the reference that streaming output is measured against, and a tool on its own:
-`python -m streamer.transcribe FILE [--model SPEC] [--json] [--no-vad]`. From code:
+`python -m streamer.transcribe FILE [--model SPEC] [--json] [--no-vad] [--decoder beam]`. From code:
 `transcribe_samples(engine, samples_16k, vad_config, detector=None)` returns the words of each segment
 (`detector`: the stream's speech detector, e.g. a `SileroDetector`; None is webrtcvad).
 """
@@ -21,6 +21,7 @@ import soxr
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray
+from streamer.decoding import final_decoder
 from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
 from streamer.errors import StreamerError
 from streamer.transcript import Word, render_words
@@ -112,6 +113,7 @@ def transcribe_samples(
     segments = speech_segments(samples, vad, detector) if vad is not None else [SpeechSegment(0, samples)]
     fs = engine.frame_samples
     context = round(context_s * SAMPLE_RATE / fs)
+    decoder = final_decoder(engine)  # the one a stream's finals use, so that both stay equal
     results = []
     for seg in segments:
         region, carry = 0, None
@@ -132,6 +134,7 @@ def transcribe_samples(
                 first_frame=region,
                 origin_sample=seg.start,
                 prev_token=carry,
+                decoder=decoder,
             )
             piece_start = seg.start + (region * fs if region else 0)
             piece_end = seg.start + (min(end, total * fs) if end < len(seg.audio) else end)
@@ -154,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-vad", action="store_true", help="one pass over the whole file, no VAD")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+    parser.add_argument(
+        "--decoder", choices=("greedy", "beam"), default="greedy", help="greedy, or lexicon beam search"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         samples = read_audio(args.file)
-        engine = load_engine(args.model, EngineOptions(device=args.device, dtype=args.dtype, max_batch=1))
+        options = EngineOptions(device=args.device, dtype=args.dtype, max_batch=1, decoder=args.decoder)
+        engine = load_engine(args.model, options)
         results = transcribe_samples(engine, samples, None if args.no_vad else VadConfig())
     except (StreamerError, OSError, sf.LibsndfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

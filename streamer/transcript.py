@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from streamer import SAMPLE_RATE
-from streamer.ctc import FloatArray, greedy_words, transcript_confidence
+from streamer.ctc import FloatArray, TokenWord, greedy_words, transcript_confidence
+from streamer.decoding import BeamWord, WordDecoder
 
 Speller = Callable[[Sequence[Sequence[int]]], list[str]]
 
@@ -85,19 +86,31 @@ def render_words(
     first_frame: int,
     origin_sample: int,
     prev_token: int | None = None,
+    decoder: WordDecoder | None = None,
 ) -> tuple[list[Word], int]:
     """Decode frames `first_frame...` of a segment starting at stream sample `origin_sample` into words.
 
-    Returns the words (times in stream seconds) and the last frame's token for the next call.
+    Returns the words (times in stream seconds) and the last frame's token for the next call. With a
+    `decoder` (a beam search) its words are used; those it cannot name are spelled from their tokens.
     """
-    decoded = greedy_words(
-        logprobs,
-        blank_id=blank_id,
-        delimiter_id=delimiter_id,
-        frame_offset=first_frame,
-        prev_token=prev_token,
-    )
-    texts = spell([w.tokens for w in decoded.words]) if decoded.words else []
+    if decoder is not None:
+        result = decoder.decode(logprobs, frame_offset=first_frame, prev_token=prev_token)
+        unknown = [w.tokens for w in result.words if w.text is None]
+        spelled = iter(spell(unknown) if unknown else [])
+        texts = [w.text if w.text is not None else next(spelled) for w in result.words]
+        decoded_words: Sequence[TokenWord | BeamWord] = result.words
+        last_token = result.last_token
+    else:
+        decoded = greedy_words(
+            logprobs,
+            blank_id=blank_id,
+            delimiter_id=delimiter_id,
+            frame_offset=first_frame,
+            prev_token=prev_token,
+        )
+        texts = spell([w.tokens for w in decoded.words]) if decoded.words else []
+        decoded_words = decoded.words
+        last_token = decoded.last_token
     words = [
         Word(
             text,
@@ -105,7 +118,7 @@ def render_words(
             (origin_sample + w.end_frame * frame_samples) / SAMPLE_RATE,
             round(w.confidence, 4),
         )
-        for w, text in zip(decoded.words, texts, strict=True)
+        for w, text in zip(decoded_words, texts, strict=True)
         if text
     ]
-    return words, decoded.last_token
+    return words, last_token

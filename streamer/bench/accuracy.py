@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import random
 import sys
@@ -57,6 +58,7 @@ from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench.data import Clip, join_with_pauses, load_manifest, normalise, wer
 from streamer.bench.noise import NOISE_KINDS, NoiseSpec, make_noise, mix_at_snr, scaled
 from streamer.ctc import FloatArray
+from streamer.decoding import BeamOptions, BeamResult, WordDecoder, final_decoder
 from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
 from streamer.errors import ConfigError
 from streamer.runner import StreamRunner
@@ -418,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-sim", action="store_true", help="skip the simulated final latency of the long stream"
     )
+    add_decoder_flags(parser)
     add_streaming_flags(parser)
     args = parser.parse_args(argv)
     if args.telephone and (args.rate or args.encoding):
@@ -434,7 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     if not clips:
         print(f"error: no clips of language {args.language!r} in {args.data}", file=sys.stderr)
         return 2
-    engine = load_engine(args.model, EngineOptions())
+    if not args.quiet:
+        # the beam decoder's first lexicon build takes minutes: show its progress
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("streamer.engine.hama_lexicon").setLevel(logging.INFO)
+    engine = load_engine(args.model, engine_options(args))
+    timed = _TimedDecoder.install(engine)
     started = time.perf_counter()
     rows, joined = asyncio.run(
         evaluate(
@@ -505,9 +513,72 @@ def main(argv: list[str] | None = None) -> int:
         f"stream_vs_offline={wer([r.offline for r in rows], [r.streaming for r in rows]):.4f} "
         f"compute_ratio={to_model / max(1, speech):.3f} "
         f"false_starts_per_min={alone.starts_per_min:.2f} noise_in_speech={alone.speech_fraction:.3f} "
-        f"vad_cpu={alone.cpu_per_audio_s:.5f} final_p50={p50:.3f} final_p95={p95:.3f} endpoints={endpoints}"
+        f"vad_cpu={alone.cpu_per_audio_s:.5f} final_p50={p50:.3f} final_p95={p95:.3f} endpoints={endpoints} "
+        f"decoder={args.decoder} decoder_cpu={timed.cpu_per_audio_s if timed else 0.0:.5f}"
     )
     return 0
+
+
+def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
+    """`--decoder` and the beam search's options (see `streamer.decoding.BeamOptions`)."""
+    d = BeamOptions()
+    parser.add_argument(
+        "--decoder", choices=("greedy", "beam"), default="greedy", help="how finals are decoded"
+    )
+    parser.add_argument("--beam", type=int, default=d.beam, help="beam width (default %(default)s)")
+    parser.add_argument("--lm-weight", type=float, default=d.lm_weight, help="word LM weight")
+    parser.add_argument("--word-bonus", type=float, default=d.word_bonus, help="insertion bonus per word")
+    parser.add_argument("--oov-logp", type=float, default=d.oov_logp, help="LM log-prob of unknown words")
+    parser.add_argument(
+        "--split-penalty", type=float, default=d.split_penalty, help="cost of a word boundary without <wb>"
+    )
+    parser.add_argument(
+        "--lexicon-words", type=int, default=EngineOptions().lexicon_words, help="words in the lexicon"
+    )
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    beam = BeamOptions(
+        beam=args.beam,
+        lm_weight=args.lm_weight,
+        word_bonus=args.word_bonus,
+        oov_logp=args.oov_logp,
+        split_penalty=args.split_penalty,
+    )
+    return EngineOptions(decoder=args.decoder, beam=beam, lexicon_words=args.lexicon_words)
+
+
+class _TimedDecoder:
+    """Wraps an engine's final decoder to add up the CPU it spends (on the calling thread)."""
+
+    def __init__(self, inner: WordDecoder, frame_seconds: float) -> None:
+        self.inner = inner
+        self.cpu = 0.0
+        self.audio = 0.0
+        self._frame_seconds = frame_seconds
+
+    @classmethod
+    def install(cls, engine: Engine) -> _TimedDecoder | None:
+        inner = final_decoder(engine)
+        if inner is None:
+            return None
+        timed = cls(inner, engine.frame_samples / SAMPLE_RATE)
+        setattr(engine, "final_decoder", timed)  # noqa: B010 (an optional attribute, not in the protocol)
+        return timed
+
+    def decode(
+        self, logprobs: FloatArray, *, frame_offset: int = 0, prev_token: int | None = None
+    ) -> BeamResult:
+        t0 = time.thread_time()
+        result = self.inner.decode(logprobs, frame_offset=frame_offset, prev_token=prev_token)
+        self.cpu += time.thread_time() - t0
+        self.audio += len(logprobs) * self._frame_seconds
+        return result
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        """Core-seconds of decoding per second of decoded audio."""
+        return self.cpu / self.audio if self.audio else 0.0
 
 
 def bench_vad(vad: BenchVad, config: StreamingConfig) -> tuple[StreamingConfig, DetectorFactory | None]:

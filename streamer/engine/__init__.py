@@ -8,9 +8,11 @@ folder) loaded by `TransformersCTCEngine`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from streamer.decoding import BeamOptions
 from streamer.engine.base import Engine
+from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,17 @@ class EngineOptions:
     max_batch: int | None = None
     """Windows per model call; None: the engine's choice (transformers: 16 on a GPU, 1 on a CPU)."""
     warmup: bool = True
+    decoder: str = "greedy"
+    """How finals are decoded: `greedy`, or `beam` (lexicon + word LM beam search; built-in model only)."""
+    beam: BeamOptions = field(default_factory=BeamOptions)
+    lexicon_words: int = 20_000
+    """Most frequent English words in the built-in model's lexicon (`decoder="beam"`)."""
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("greedy", "beam"):
+            raise ConfigError(f"decoder must be greedy or beam, not {self.decoder!r}")
+        if self.lexicon_words < 1:
+            raise ConfigError("lexicon_words must be at least 1")
 
 
 def load_engine(spec: str, options: EngineOptions | None = None, name: str | None = None) -> Engine:
@@ -37,7 +50,14 @@ def load_engine(spec: str, options: EngineOptions | None = None, name: str | Non
         from streamer.engine.hama_engine import HamaEngine
 
         # `threads` is the number of model replicas run in parallel (default: the cores, at most 4).
-        return HamaEngine(name or "hama-en", replicas=options.threads)
+        engine = HamaEngine(name or "hama-en", replicas=options.threads)
+        if options.decoder == "beam":
+            from streamer.engine.hama_lexicon import beam_decoder
+
+            engine.final_decoder = beam_decoder(engine, options.beam, options.lexicon_words)
+        return engine
+    if options.decoder != "greedy":
+        raise ConfigError(f"--decoder {options.decoder} needs a lexicon: only {BUILTIN_EN} has one so far")
     if spec in ("fake:tone", "fake"):
         from streamer.engine.fake import ToneEngine
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamer.ctc import greedy_words
+from streamer.decoding import WordDecoder
 from streamer.engine.base import FloatArray
 
 # hama's own decoder lowers the blank score by 0.1 before the argmax; keeping it keeps its accuracy.
@@ -70,6 +71,8 @@ class HamaEngine:
         self._warm = warm_spelling
         self._cache: OrderedDict[tuple[str, ...], str] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.final_decoder: WordDecoder | None = None
+        """Decoder for finals (`streamer.decoding.final_decoder`); None: greedy. Set by `load_engine`."""
         self.spell_calls = 0
         """Words actually converted by P2G (cache misses), for the benchmarks."""
 
