@@ -584,6 +584,24 @@ async def test_health_ready_and_metrics() -> None:
     assert value(r'streamer_streams_closed_total\{reason="close_stream"\}') == 1
 
 
+async def test_a_stream_ahead_of_a_slow_model_coalesces_and_says_so_in_metrics() -> None:
+    # One long phrase at 5x real time into a model that takes 0.5 s a call: about three hops come due
+    # while each partial window runs, and join the next one; /metrics counts them, the finals are whole.
+    phrase = ["abc", "bad", "cafe", "dead", "face", "bead", "cab", "ded", "bed", "abc", "bad", "cafe"]
+    engine = ToneEngine(delay_s=0.5)
+    async with serve(engines={"en": engine}) as server, asyncio.timeout(30), aiohttp.ClientSession() as http:
+        async with connect(server.ws_url("interim_results=true")) as ws:
+            await send_audio(ws, pcm16(utterances(phrase)), pause=0.02)
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            messages = await drain(ws)
+        await asyncio.sleep(0.2)  # the stream's last count is exported as it closes
+        text = await (await http.get(f"{server.http}/metrics")).text()
+    assert final_words(messages) == phrase
+    assert [m for m in results(messages) if not m["is_final"]]  # interim results still came
+    match = re.search(r'^streamer_coalesced_hops_total\{model="en"\} ([0-9.e+-]+)$', text, re.M)
+    assert match and float(match.group(1)) >= 2
+
+
 async def test_shutdown_flushes_live_streams_and_refuses_new_ones() -> None:
     async with serve() as server, asyncio.timeout(10):
         async with connect(server.ws_url("endpointing=false")) as ws:
