@@ -52,6 +52,8 @@ class _Item:
     future: asyncio.Future[FloatArray]
     enqueued: float = field(default_factory=time.perf_counter)
     priority: int = 1
+    post: Callable[[FloatArray], object] | None = None
+    post_result: object = None
 
 
 @dataclass
@@ -127,13 +129,22 @@ class Batcher:
         Finals (priority 0) overtake queued partial windows (1): under load partials arrive later, finals
         keep their latency.
         """
+        return (await self.infer_then(audio, priority, None))[0]
+
+    async def infer_then(
+        self, audio: FloatArray, priority: int, post: Callable[[FloatArray], object] | None
+    ) -> tuple[FloatArray, object]:
+        """Like `infer`, and `post(log_probs)` run on the inference thread right after the model, off the
+        event loop (e.g. a final's beam search): returns both. A `post` that raises gives None (logged)."""
         if self._closed or self._queue is None:
             raise OverloadError("the model is shutting down")
         future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
-        await self._queue.put((priority, next(self._seq), _Item(audio, future, priority=priority)))
+        item = _Item(audio, future, priority=priority, post=post)
+        await self._queue.put((priority, next(self._seq), item))
         if priority == 0:
             self._wake.set()
-        return await future
+        out = await future
+        return out, item.post_result
 
     async def _run(self) -> None:
         assert self._queue is not None and self._free_lanes is not None
@@ -215,7 +226,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         windows = [item.audio for item in batch]
         try:
-            outputs, wall, cpu = await loop.run_in_executor(self._executor, self._forward, windows)
+            outputs, wall, cpu = await loop.run_in_executor(self._executor, self._forward, batch)
         except Exception as exc:  # one bad batch never kills the loop
             self.stats.failed_batches += 1
             log.error("engine %s failed on a batch of %d windows: %s", self.engine.name, len(batch), exc)
@@ -241,10 +252,17 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(out)
 
-    def _forward(self, windows: list[FloatArray]) -> tuple[list[FloatArray], float, float]:
+    def _forward(self, batch: list[_Item]) -> tuple[list[FloatArray], float, float]:
         wall, cpu = time.perf_counter(), time.thread_time()
-        outputs = self.engine.forward(windows)
-        return outputs, time.perf_counter() - wall, time.thread_time() - cpu
+        outputs = self.engine.forward([item.audio for item in batch])
+        elapsed = time.perf_counter() - wall, time.thread_time() - cpu
+        for item, out in zip(batch, outputs, strict=False):
+            if item.post is not None:
+                try:
+                    item.post_result = item.post(out)
+                except Exception as exc:  # the caller falls back to doing it itself
+                    log.error("engine %s: post-processing a window failed: %s", self.engine.name, exc)
+        return outputs, *elapsed
 
     async def stop(self) -> None:
         """Stop the loop; every request still queued fails with OverloadError (idempotent)."""

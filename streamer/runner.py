@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 
 from streamer.batcher import Batcher
+from streamer.ctc import FloatArray
+from streamer.decoding import BeamResult, final_decoder
 from streamer.errors import StreamerError
 from streamer.session import WindowRequest
 from streamer.stream import Stream
@@ -37,6 +39,7 @@ class StreamRunner:
         self._on_event = on_event
         self._on_error = on_error
         self.stream_id = stream_id
+        self._decoder = final_decoder(batcher.engine)
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_request: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._idle = asyncio.Event()
@@ -104,8 +107,21 @@ class StreamRunner:
             self._idle.set()
 
     async def _infer(self, request: WindowRequest) -> None:
+        priority = 1 if request.kind == "window" else 0
         try:
-            logprobs = await self.batcher.infer(request.audio, 1 if request.kind == "window" else 0)
+            decoded: BeamResult | None = None
+            if request.decode is not None and self._decoder is not None:
+                # A final's beam search runs on the inference thread, right after the model.
+                first, end, offset = request.decode
+                decoder = self._decoder
+
+                def decode(out: FloatArray) -> BeamResult:
+                    return decoder.decode(out[first:end], frame_offset=offset)
+
+                logprobs, result = await self.batcher.infer_then(request.audio, priority, decode)
+                decoded = result if isinstance(result, BeamResult) else None
+            else:
+                logprobs = await self.batcher.infer(request.audio, priority)
         except StreamerError as exc:
             self._by_request.pop((request.channel, request.id), None)
             self.stream.fail_request(request)
@@ -119,5 +135,5 @@ class StreamRunner:
         self._by_request.pop((request.channel, request.id), None)
         if self.stream.closed and self.stream.done:
             return
-        self.stream.receive_logprobs(request, logprobs)
+        self.stream.receive_logprobs(request, logprobs, decoded)
         self._pump()

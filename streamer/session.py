@@ -23,7 +23,7 @@ import numpy as np
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray
-from streamer.decoding import final_decoder
+from streamer.decoding import BeamResult, final_decoder
 from streamer.engine.base import Engine
 from streamer.errors import ConfigError
 from streamer.transcript import (
@@ -107,6 +107,10 @@ class WindowRequest:
     audio: FloatArray
     kind: RequestKind
     channel: int
+    decode: tuple[int, int, int] | None = None
+    """For a pass that makes a final with the engine's final decoder: (first, end, frame offset) of the
+    output frames it keeps. The caller may decode them where the model ran (`prev_token=None`) and
+    pass the result to `receive_logprobs`, which saves the event loop that work."""
 
 
 @dataclass
@@ -137,12 +141,14 @@ class _Segment:
         # (request id, that length in samples, its log-probs once landed).
         self.early: tuple[int, int] | None = None
         self.early_result: FloatArray | None = None
+        self.early_decoded: BeamResult | None = None
+        self.final_decoded: BeamResult | None = None  # the final's words, decoded where the model ran
         # Utterance ends inside the segment (`SegmentPause`): (end sample, the held silence then) of each
         # pause not yet passed over, one pass at a time; and cut pieces landed but not yet emitted
         # (kept frames, their first frame, end sample), which leave before the segment's final.
         self.pauses: deque[tuple[int, FloatArray]] = deque()
         self.pause_inflight = False
-        self.ready: deque[tuple[FloatArray, int, int]] = deque()
+        self.ready: deque[tuple[FloatArray, int, int, BeamResult | None]] = deque()
 
     def append(self, samples: FloatArray) -> None:
         need = self.length + len(samples)
@@ -281,8 +287,10 @@ class Session:
         out, self._events = self._events, []
         return out
 
-    def receive_logprobs(self, request_id: int, logprobs: FloatArray) -> None:
-        """Answer to a request from `take_requests` (any order)."""
+    def receive_logprobs(
+        self, request_id: int, logprobs: FloatArray, decoded: BeamResult | None = None
+    ) -> None:
+        """Answer to a request from `take_requests` (any order); `decoded`: see `WindowRequest.decode`."""
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return
@@ -295,11 +303,12 @@ class Session:
             self._commit(seg, entry.window, logprobs)
         elif entry.kind == "pause":
             seg.pause_inflight = False
-            self._pause_landed(seg, entry.window, logprobs)
+            self._pause_landed(seg, entry.window, logprobs, decoded)
         elif seg.early is not None and seg.early[0] == request_id and not seg.final_issued:
             seg.early_result = logprobs  # kept until the pause proves to be the endpoint
+            seg.early_decoded = decoded
         else:
-            self._final(seg, entry.window, logprobs)
+            self._final(seg, entry.window, logprobs, decoded=decoded)
         self._schedule()
 
     def fail_request(self, request_id: int) -> None:
@@ -364,7 +373,11 @@ class Session:
             audio = seg.audio_through(window.start, window.end, tail)
         self.samples_to_model += len(audio)
         self._pending[rid] = _Pending(seg, kind, window)
-        self._requests.append(WindowRequest(rid, audio, kind, self.channel))
+        decode = None
+        if self._final_decoder is not None and kind in ("final", "pause"):
+            first = window.first_frame
+            decode = (window.keep_from - first, window.keep_to - first, window.keep_from)
+        self._requests.append(WindowRequest(rid, audio, kind, self.channel, decode))
         return rid
 
     def _plan_windows(self, seg: _Segment) -> None:
@@ -456,11 +469,13 @@ class Session:
             self._request(seg, "pause", Window(start, end, seg.region, total, True, fs), tail=held)
             return
 
-    def _pause_landed(self, seg: _Segment, window: Window, logprobs: FloatArray) -> None:
+    def _pause_landed(
+        self, seg: _Segment, window: Window, logprobs: FloatArray, decoded: BeamResult | None
+    ) -> None:
         """The audio up to a pause is final: queue it for emission and go on from there."""
         # It ends at the pause, or where the next piece's first frame begins if that is earlier.
         end = min(window.end, window.keep_to * self.engine.frame_samples)
-        seg.ready.append((window.kept(logprobs), window.keep_from, end))
+        seg.ready.append((window.kept(logprobs), window.keep_from, end, decoded))
         seg.region = window.keep_to
         if self.config.final_pass:
             # Partial windows start again from the cut; without a final pass the stitcher goes on, since
@@ -493,6 +508,7 @@ class Session:
                 self._cancelled.append(seg.early[0])
             seg.early = None
             seg.early_result = None
+            seg.early_decoded = None
 
     def _maybe_final(self, seg: _Segment) -> None:
         if seg.early is not None and not seg.final_issued and (seg.length > seg.early[1] or seg.region > 0):
@@ -510,7 +526,8 @@ class Session:
                 if seg.early_result is not None:
                     total = self.engine.num_frames(seg.length)
                     start = max(0, seg.region - self._context) * fs
-                    self._final(seg, Window(start, seg.length, seg.region, total, True, fs), seg.early_result)
+                    window = Window(start, seg.length, seg.region, total, True, fs)
+                    self._final(seg, window, seg.early_result, decoded=seg.early_decoded)
                 return  # else it is still in flight and lands as this segment's final
             self._forget_early(seg)
             total = self.engine.num_frames(seg.length)
@@ -538,8 +555,16 @@ class Session:
         seg.inflight.clear()
         seg.landed.clear()
 
-    def _final(self, seg: _Segment, window: Window, logprobs: FloatArray, kept: bool = False) -> None:
+    def _final(
+        self,
+        seg: _Segment,
+        window: Window,
+        logprobs: FloatArray,
+        kept: bool = False,
+        decoded: BeamResult | None = None,
+    ) -> None:
         seg.final_frames = logprobs if kept else window.kept(logprobs)
+        seg.final_decoded = decoded
         self._flush_finals()
 
     def _flush_finals(self) -> None:
@@ -548,8 +573,16 @@ class Session:
         while self._segments:
             seg = self._segments[0]
             while seg.ready:
-                frames, first, end = seg.ready.popleft()
-                self._emit_final(seg, frames, first, speech_final=True, from_finalize=False, end_sample=end)
+                frames, first, end, decoded = seg.ready.popleft()
+                self._emit_final(
+                    seg,
+                    frames,
+                    first,
+                    speech_final=True,
+                    from_finalize=False,
+                    end_sample=end,
+                    decoded=decoded,
+                )
             if seg.final_frames is None:
                 break
             self._segments.popleft()
@@ -560,6 +593,7 @@ class Session:
                 speech_final=seg.end_reason == "silence",
                 from_finalize=seg.from_finalize,
                 end_sample=seg.length,
+                decoded=seg.final_decoded,
             )
         self._emit_partial()
         # Audio may have run ahead of inference: the gap after this final may already be there.
@@ -576,8 +610,9 @@ class Session:
         speech_final: bool,
         from_finalize: bool,
         end_sample: int | None = None,
+        decoded: BeamResult | None = None,
     ) -> None:
-        words, last = self._words(seg, frames, first_frame, final=True)
+        words, last = self._words(seg, frames, first_frame, final=True, decoded=decoded)
         seg.carry = last
         fs = self.engine.frame_samples
         start = (seg.start_sample + first_frame * fs) / SAMPLE_RATE
@@ -644,10 +679,18 @@ class Session:
         )
 
     def _words(
-        self, seg: _Segment, frames: FloatArray, first_frame: int, final: bool = False
+        self,
+        seg: _Segment,
+        frames: FloatArray,
+        first_frame: int,
+        final: bool = False,
+        decoded: BeamResult | None = None,
     ) -> tuple[list[Word], int]:
         # Finals use the engine's final decoder (a beam search, as the offline pass does); interim
-        # results stay greedy, which is cheap and is replaced by the final anyway.
+        # results stay greedy, which is cheap and is replaced by the final anyway. A result decoded where
+        # the model ran assumed no token carried in: usable when none is (a cut in a pause, or a segment's
+        # start), else decoded again here.
+        carried = seg.carry is not None and seg.carry != self.engine.blank_id
         return render_words(
             frames,
             blank_id=self.engine.blank_id,
@@ -658,6 +701,7 @@ class Session:
             origin_sample=seg.start_sample,
             prev_token=seg.carry,
             decoder=self._final_decoder if final else None,
+            decoded=decoded if final and not carried else None,
         )
 
     def _check_utterance_end(self) -> None:

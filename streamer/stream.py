@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from streamer import SAMPLE_RATE
 from streamer.audio import AudioDecoder, AudioFormat
 from streamer.ctc import FloatArray
+from streamer.decoding import BeamResult
 from streamer.engine.base import Engine
 from streamer.session import Session, StreamingConfig, WindowRequest
 from streamer.transcript import Event, shifted
@@ -120,8 +121,10 @@ class Stream:
         """(channel, request id) of requests whose answers are no longer needed."""
         return [(s.channel, rid) for s in self.sessions for rid in s.take_cancelled()]
 
-    def receive_logprobs(self, request: WindowRequest, logprobs: FloatArray) -> None:
-        self.sessions[request.channel].receive_logprobs(request.id, logprobs)
+    def receive_logprobs(
+        self, request: WindowRequest, logprobs: FloatArray, decoded: BeamResult | None = None
+    ) -> None:
+        self.sessions[request.channel].receive_logprobs(request.id, logprobs, decoded)
 
     def fail_request(self, request: WindowRequest) -> None:
         self.sessions[request.channel].fail_request(request.id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray, TokenWord, greedy_words, transcript_confidence
-from streamer.decoding import BeamWord, WordDecoder
+from streamer.decoding import BeamResult, BeamWord, WordDecoder
 
 Speller = Callable[[Sequence[Sequence[int]]], list[str]]
 
@@ -87,30 +87,36 @@ def render_words(
     origin_sample: int,
     prev_token: int | None = None,
     decoder: WordDecoder | None = None,
+    decoded: BeamResult | None = None,
 ) -> tuple[list[Word], int]:
     """Decode frames `first_frame...` of a segment starting at stream sample `origin_sample` into words.
 
     Returns the words (times in stream seconds) and the last frame's token for the next call. With a
     `decoder` (a beam search) its words are used; those it cannot name are spelled from their tokens.
+    `decoded`: that decoder's result for these frames, already computed (off the event loop).
     """
     if decoder is not None:
-        result = decoder.decode(logprobs, frame_offset=first_frame, prev_token=prev_token)
+        result = (
+            decoded
+            if decoded is not None
+            else decoder.decode(logprobs, frame_offset=first_frame, prev_token=prev_token)
+        )
         unknown = [w.tokens for w in result.words if w.text is None]
         spelled = iter(spell(unknown) if unknown else [])
         texts = [w.text if w.text is not None else next(spelled) for w in result.words]
         decoded_words: Sequence[TokenWord | BeamWord] = result.words
         last_token = result.last_token
     else:
-        decoded = greedy_words(
+        greedy = greedy_words(
             logprobs,
             blank_id=blank_id,
             delimiter_id=delimiter_id,
             frame_offset=first_frame,
             prev_token=prev_token,
         )
-        texts = spell([w.tokens for w in decoded.words]) if decoded.words else []
-        decoded_words = decoded.words
-        last_token = decoded.last_token
+        texts = spell([w.tokens for w in greedy.words]) if greedy.words else []
+        decoded_words = greedy.words
+        last_token = greedy.last_token
     words = [
         Word(
             text,

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from streamer.audio import AudioFormat, float_to_linear16
+from streamer.batcher import Batcher, BatcherConfig
 from streamer.ctc import greedy_words
-from streamer.decoding import BeamDecoder, BeamOptions, Lexicon, final_decoder
+from streamer.decoding import BeamDecoder, BeamOptions, BeamResult, Lexicon, final_decoder
 from streamer.engine.fake import EnergyDetector, ToneEngine
+from streamer.runner import StreamRunner
 from streamer.session import Session, StreamingConfig
+from streamer.stream import Stream
 from streamer.transcribe import transcribe_samples
 from streamer.transcript import Transcript, render_words
 from streamer.vad import VadConfig
@@ -165,6 +170,46 @@ def test_session_finals_use_the_engines_decoder_and_equal_the_offline_pass() -> 
     # Interim results stay greedy (spelled by the engine: lower case).
     partial_words = [w.word for e in events if isinstance(e, Transcript) and not e.is_final for w in e.words]
     assert partial_words and all(w.islower() for w in partial_words)
+
+
+class _Recording:
+    """Wraps a decoder and notes the thread of each call."""
+
+    def __init__(self, inner: BeamDecoder) -> None:
+        self.inner = inner
+        self.threads: list[int] = []
+
+    def decode(
+        self, logprobs: np.ndarray, *, frame_offset: int = 0, prev_token: int | None = None
+    ) -> BeamResult:
+        self.threads.append(threading.get_ident())
+        return self.inner.decode(logprobs, frame_offset=frame_offset, prev_token=prev_token)
+
+
+async def test_a_streams_finals_are_decoded_on_the_inference_thread_not_the_event_loop() -> None:
+    engine = _tone_engine_with_lexicon()
+    recording = _Recording(engine.final_decoder)  # type: ignore[attr-defined]
+    engine.final_decoder = recording  # type: ignore[attr-defined]
+    groups = [WORDS[:3], WORDS[3:7], WORDS[7:9]]
+    audio = speech(groups, seed=5)
+    batcher = Batcher(engine, BatcherConfig())
+    batcher.start()
+    events: list[object] = []
+    stream = Stream(engine, StreamingConfig(), AudioFormat("linear16", 16000), EnergyDetector)
+    runner = StreamRunner(stream, batcher, events.append)
+    data = float_to_linear16(audio)
+    for i in range(0, len(data), 3200):
+        runner.feed(data[i : i + 3200])
+        await runner.wait_idle()
+    await runner.finish()
+    await batcher.stop()
+    fs = [e for e in events if isinstance(e, Transcript) and e.is_final]
+    offline = transcribe_samples(engine, audio, VadConfig(), detector=EnergyDetector())
+    assert [f.words for f in fs] == [tuple(r.words) for r in offline]  # still exactly the offline pass
+    assert [w.word for f in fs for w in f.words] == [w.upper() for g in groups for w in g]
+    loop_thread = threading.get_ident()
+    streamed = recording.threads[: len(recording.threads) - len(offline)]  # before the offline pass
+    assert streamed and loop_thread not in streamed
 
 
 # ---- tier 3: the built-in model's lexicon and the benchmark ------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from streamer.audio import AudioFormat
 from streamer.ctc import FloatArray
+from streamer.decoding import BeamResult
 from streamer.engine import Engine
 from streamer.session import StreamingConfig, WindowRequest
 from streamer.stream import Stream, StreamStart
@@ -53,9 +54,11 @@ class TimedStream(Stream):
             self._origins[(request.channel, request.id)] = self._cause
         return requests
 
-    def receive_logprobs(self, request: WindowRequest, logprobs: FloatArray) -> None:
+    def receive_logprobs(
+        self, request: WindowRequest, logprobs: FloatArray, decoded: BeamResult | None = None
+    ) -> None:
         self._cause = self._origins.pop((request.channel, request.id), time.perf_counter())
-        super().receive_logprobs(request, logprobs)
+        super().receive_logprobs(request, logprobs, decoded)
 
     def fail_request(self, request: WindowRequest) -> None:
         self._origins.pop((request.channel, request.id), None)
