@@ -382,22 +382,18 @@ class Session:
 
     def _plan_windows(self, seg: _Segment) -> None:
         final = seg.ended and not self.config.final_pass
-        if not self.config.coalesce:
-            while (window := seg.stitcher.next_window(seg.length, final=final)) is not None:
-                seg.inflight[self._request(seg, "window", window)] = window
-            return
-        # One partial window in flight at a time: while it runs, the hops that come due wait and the
-        # next window keeps all of them. A machine that keeps up sees no change (a window lands well
-        # within a hop); one that falls behind sends fewer, longer windows instead of a growing queue.
-        if seg.inflight and not final:
-            return
-        window = seg.stitcher.next_window(seg.length, final=final, max_hops=self._max_hops)
-        if window is None:
-            return
-        hops = -(-(window.keep_to - window.keep_from) // self._plan.hop)
-        if not final and hops > 1:
-            self.coalesced_hops += hops - 1
-        seg.inflight[self._request(seg, "window", window)] = window
+        # Coalescing: one partial window in flight at a time; while it runs, the hops that come due wait
+        # and the next window keeps all of them. A machine that keeps up sees no change (a window lands
+        # well within a hop); one that falls behind sends fewer, longer windows, not a growing queue.
+        coalesce = self.config.coalesce
+        max_hops = self._max_hops if coalesce else 1
+        while not (coalesce and seg.inflight and not final):
+            window = seg.stitcher.next_window(seg.length, final=final, max_hops=max_hops)
+            if window is None:
+                return
+            if not window.final:
+                self.coalesced_hops += (window.keep_to - window.keep_from) // self._plan.hop - 1
+            seg.inflight[self._request(seg, "window", window)] = window
 
     def _stitch(self, seg: _Segment) -> None:
         # Join landed windows in plan order; drop windows planned before the region moved.

@@ -342,7 +342,7 @@ class Segmenter:
                 self._start_segment(events)
             return
         if voiced:
-            paused = self._pause_frames is not None and len(self._silence) >= self._pause_frames
+            paused = self._paused
             self._maybe_split_at_pause(len(frame), events)
             self._release_silence(events)
             if paused:
@@ -362,6 +362,11 @@ class Segmenter:
                 self._end_segment(events, "silence")
                 return
         self._check_length(voiced, events)
+
+    @property
+    def _paused(self) -> bool:
+        """The silence held now has reached the pause that ends an utterance."""
+        return self._pause_frames is not None and len(self._silence) >= self._pause_frames
 
     def _may_end_frames(self) -> int | None:
         """Pause frames after which `SegmentMayEnd` goes out (None: not before the endpoint itself).
@@ -420,7 +425,8 @@ class Segmenter:
         ):
             return
         keep = len(self._silence) // 2
-        if self._pause_frames is not None and len(self._silence) >= self._pause_frames:
+        if self._paused:
+            assert self._pause_frames is not None
             keep = max(keep, self._pause_frames)  # the utterance already ended there: no overlap
         self._split(keep, events, unappended=frame_len)
 
