@@ -30,6 +30,7 @@ from streamer.config import (
     normalise_origin,
 )
 from streamer.engine import EngineOptions
+from streamer.engine.batching import AUTO_BATCH_LIMIT
 from streamer.errors import ConfigError, ModelLoadError, StreamerError
 from streamer.session import StreamingConfig
 from streamer.vad import VadConfig
@@ -286,8 +287,9 @@ _OPTIONS: tuple[_Option, ...] = (
         "--max-batch",
         "STREAMER_MAX_BATCH",
         "auto",
-        f"windows per model call; auto: {_DEFAULT_BATCHER.max_batch} on a GPU, 1 on a CPU (where a batch "
-        "costs the sum of its windows and finals would wait behind it)",
+        "windows per model call; auto: on a GPU the smallest size past which larger batches make a partial "
+        f"window less than 10%% cheaper, timed at start-up (at most {AUTO_BATCH_LIMIT}), 1 on a CPU (where "
+        "a batch costs the sum of its windows and finals would wait behind it)",
     ),
     _Option(
         "--max-wait-ms",
@@ -565,7 +567,8 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     auto_batch = (values.get("max_batch")[1] or "auto").strip().lower() == "auto"
     engine_batch = None if auto_batch else values.convert("max_batch", _int)
     batcher = BatcherConfig(
-        max_batch=_DEFAULT_BATCHER.max_batch if engine_batch is None else engine_batch,
+        # auto: the engine decides (Batcher takes the smaller of the two), up to the most it may choose.
+        max_batch=AUTO_BATCH_LIMIT if engine_batch is None else engine_batch,
         max_wait_ms=values.convert("max_wait_ms", _float),
     )
     threads_source, threads_text = values.get("threads")

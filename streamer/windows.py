@@ -68,6 +68,13 @@ class FramePlan:
         return cls(frames(plan.left_s), max(1, frames(plan.hop_s)), frames(plan.right_s))
 
 
+def partial_window_samples(plan: WindowPlan, frame_samples: int, receptive_field: int) -> int:
+    """Samples in a partial window once a segment is under way (left + hop + right context, plus what
+    the last frame reads beyond its stride): the fixed shape most model calls of a stream have."""
+    frames = FramePlan.from_seconds(plan, frame_samples)
+    return (frames.left + frames.hop + frames.right) * frame_samples + max(0, receptive_field - frame_samples)
+
+
 @dataclass(frozen=True)
 class Window:
     """Samples [start, end) of the segment; frames [keep_from, keep_to) (segment frame indices) kept."""

@@ -701,8 +701,9 @@ def test_config_from_flags_and_environment(tmp_path: Path) -> None:
     assert build_config(["--vad-quiet-db", "off"], {}).streaming.vad.quiet_db is None
     assert build_config([], {"STREAMER_VAD_QUIET_DB": "24"}).streaming.vad.quiet_db == 24.0
     assert build_config(["--early-final-ms", "0"], {}).streaming.vad.early_final_ms == 0
-    # Batch size: the engine picks (16 on a GPU, 1 on a CPU) unless a number is given.
-    assert default.engine.max_batch is None and default.batcher.max_batch == 16
+    # Batch size: the engine picks (timed on a GPU, 1 on a CPU; the batcher lets it take up to 256) unless a
+    # number is given.
+    assert default.engine.max_batch is None and default.batcher.max_batch == 256
     chosen = build_config(["--max-batch", "4"], {})
     assert chosen.engine.max_batch == 4 and chosen.batcher.max_batch == 4
 

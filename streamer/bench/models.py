@@ -88,6 +88,8 @@ ARCHITECTURES = {
         Architecture("base", "facebook/wav2vec2-base widths, layer-norm encoder", 12, 768, 12, 3072),
         # For quick runs and CI-sized checks: same conv geometry, a fraction of the compute.
         Architecture("small", "quick-run model (not a published checkpoint)", 4, 256, 4, 1024, 256, 64, 8),
+        # For `--quick` checks of a benchmark's own code in seconds on a CPU (test-sized widths).
+        Architecture("tiny", "test-sized model (not a published checkpoint)", 2, 32, 2, 64, 32, 16, 2),
     )
 }
 
@@ -105,19 +107,14 @@ def vocabulary() -> dict[str, int]:
     return {token: i for i, token in enumerate((*SPECIAL_TOKENS, *LETTERS))}
 
 
-def build_model(arch: Architecture, folder: Path, *, seed: int = 0, quiet: bool = False) -> Path:
-    """Write a random-weight checkpoint of `arch` (model + processor) into `folder` (replaced if there)."""
-    import torch
+def make_processor(folder: Path) -> Any:
+    """A `Wav2Vec2Processor` (feature extractor + CTC tokenizer) for `vocabulary()`; writes the tokenizer's
+    vocab.json into `folder`, which must exist."""
     import transformers
 
-    started = time.perf_counter()
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    vocab = vocabulary()
-    (partial / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "vocab.json").write_text(json.dumps(vocabulary()), encoding="utf-8")
     tokenizer = transformers.Wav2Vec2CTCTokenizer(
-        str(partial / "vocab.json"),
+        str(folder / "vocab.json"),
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
@@ -128,18 +125,40 @@ def build_model(arch: Architecture, folder: Path, *, seed: int = 0, quiet: bool 
     extractor = transformers.Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
     )
-    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(partial)
+    return transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def random_model(arch: Architecture, *, seed: int = 0, device: str = "cpu") -> Any:
+    """A random-weight `Wav2Vec2ForCTC` of `arch` in float32, initialised directly on `device` (on a GPU
+    that takes a second where a CPU takes a minute for the 1B model), in eval mode, its head made to emit
+    words (HEAD_SCALE, BLANK_BIAS, SPACE_BIAS)."""
+    import torch
+    import transformers
+
+    vocab = vocabulary()
     config = transformers.Wav2Vec2Config(**arch.config_kwargs(len(vocab)))
-    if not quiet:
-        _log(f"building {arch.name} ({arch.layers} layers, hidden {arch.hidden}): initialising weights ...")
     torch.manual_seed(seed)
-    model = transformers.Wav2Vec2ForCTC(config)
+    with torch.device(device):
+        model = transformers.Wav2Vec2ForCTC(config)
     model.eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(HEAD_SCALE)
-        spread = float(model(torch.randn(1, 16000)).logits.std())
+        spread = float(model(torch.randn(1, 16000, device=device)).logits.std())
         model.lm_head.bias[vocab["<pad>"]] += BLANK_BIAS * spread
         model.lm_head.bias[vocab["|"]] += SPACE_BIAS * spread
+    return model
+
+
+def build_model(arch: Architecture, folder: Path, *, seed: int = 0, quiet: bool = False) -> Path:
+    """Write a random-weight checkpoint of `arch` (model + processor) into `folder` (replaced if there)."""
+    started = time.perf_counter()
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    make_processor(partial).save_pretrained(partial)
+    if not quiet:
+        _log(f"building {arch.name} ({arch.layers} layers, hidden {arch.hidden}): initialising weights ...")
+    model = random_model(arch, seed=seed)
     params = sum(p.numel() for p in model.parameters())
     if not quiet:
         _log(f"building {arch.name}: {params / 1e6:.0f}M parameters; saving to {folder} ...")

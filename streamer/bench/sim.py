@@ -11,6 +11,17 @@ machine does not distort it). Results are stamped with the virtual time their jo
 the protocol's JSON shapes and analysed by `streamer.bench.load.analyse_client`, so partial, final and
 end-of-speech latency mean exactly what they mean in the load benchmark. Only the waiting is simulated.
 
+Many streams on one priced accelerator (`streamer.bench.gpu` predicts capacity this way):
+
+    core = Core(cost=table_cost, max_batch=64)   # cost(priority, window lengths) -> seconds of one call
+    result = simulate_load([OurSystem(stand_in, core) for _ in audios], core, audios)
+    result.stats.final, result.busy_s, result.mean_batch
+
+Every stream's frames arrive in one time order; when the core comes free it takes the most urgent job and
+every queued job of the same priority (up to `max_batch`), as the server's batcher does (finals only with
+finals), and the call lasts what `cost` says, whatever the stand-in engine that computes the log-probs
+spent. (The batcher's 10 ms wait for company is not simulated.)
+
 Systems (same VAD, webrtcvad with the server's defaults, for all three):
 - `OurSystem`: the real sans-I/O `Session` (overlapping windows, final pass per segment, early final).
 - `NaiveSystem`: what several popular servers do: every hop, decode the whole segment so far (when the core
@@ -27,7 +38,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +61,8 @@ from streamer.vad import (
 )
 
 Message = dict[str, Any]
+BatchCost = Callable[[int, Sequence[int]], float]
+"""Seconds one model call takes, from its priority (0 finals, 1 partial windows) and window lengths."""
 
 
 @dataclass(order=True)
@@ -60,24 +73,37 @@ class Job:
     work: Callable[[], object] = field(compare=False)
     done: Callable[[object, float], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    samples: int = field(default=0, compare=False)
 
 
 class Core:
-    """One worker in virtual time (see the module docstring); `busy_cpu` sums the CPU of its jobs."""
+    """One worker in virtual time (see the module docstring); `busy_cpu` sums the time of its jobs.
 
-    def __init__(self) -> None:
+    `Core()` runs one job at a time for the CPU time it really takes; `Core(cost, max_batch)` runs up to
+    `max_batch` jobs of one priority per call, for `cost(priority, [samples, ...])` seconds.
+    """
+
+    def __init__(self, cost: BatchCost | None = None, max_batch: int = 1) -> None:
         self._queue: list[Job] = []
         self._seq = itertools.count()
-        self._running: tuple[float, Job, object] | None = None
+        self._running: tuple[float, list[Job], list[object]] | None = None
+        self.cost = cost
+        self.max_batch = max(1, max_batch) if cost is not None else 1
         self.free_at = 0.0
         self.busy_cpu = 0.0
         self.jobs = 0
+        self.batches = 0
         self.skipped = 0
 
     def submit(
-        self, priority: int, issued: float, work: Callable[[], object], done: Callable[[object, float], None]
+        self,
+        priority: int,
+        issued: float,
+        work: Callable[[], object],
+        done: Callable[[object, float], None],
+        samples: int = 0,
     ) -> Job:
-        job = Job(priority, next(self._seq), issued, work, done)
+        job = Job(priority, next(self._seq), issued, work, done, samples=samples)
         heapq.heappush(self._queue, job)
         return job
 
@@ -89,26 +115,41 @@ class Core:
             self.skipped += 1
         return None
 
+    def _company(self, head: Job) -> list[Job]:
+        """Queued jobs of the head's priority that join its call, in queue order."""
+        batch = [head]
+        while len(batch) < self.max_batch and self._queue and self._queue[0].priority == head.priority:
+            job = heapq.heappop(self._queue)
+            if job.cancelled:
+                self.skipped += 1
+            else:
+                batch.append(job)
+        return batch
+
     def advance(self, until: float) -> None:
         """Run and deliver every job that finishes by virtual time `until`."""
         while True:
             if self._running is None:
-                job = self._next()
-                if job is None:
+                head = self._next()
+                if head is None:
                     return
-                start = max(self.free_at, job.issued)
+                start = max(self.free_at, head.issued)
+                batch = self._company(head)
                 cpu = time.thread_time()
-                result = job.work()
+                results = [job.work() for job in batch]
                 cpu = time.thread_time() - cpu
-                self.busy_cpu += cpu
-                self.jobs += 1
-                self._running = (start + cpu, job, result)
-            finish, job, result = self._running
+                took = cpu if self.cost is None else self.cost(head.priority, [job.samples for job in batch])
+                self.busy_cpu += took
+                self.jobs += len(batch)
+                self.batches += 1
+                self._running = (start + took, batch, results)
+            finish, batch, results = self._running
             if finish > until:
                 return
             self._running = None
             self.free_at = finish
-            job.done(result, finish)
+            for job, result in zip(batch, results, strict=True):
+                job.done(result, finish)
 
 
 def results_message(t: Transcript) -> Message:
@@ -188,6 +229,7 @@ class OurSystem(_Base):
                 now,
                 self._work(request),
                 self._landed(request),
+                len(request.audio),
             )
         for rid in self.session.take_cancelled():
             job = self._jobs.pop(rid, None)
@@ -427,8 +469,49 @@ class SimResult:
         return self.model_audio_s / self.speech_s if self.speech_s else math.nan
 
 
+System = OurSystem | NaiveSystem | PocketsphinxSystem
+
+
+def _drive(
+    systems: Sequence[System],
+    core: Core,
+    audios: Sequence[FloatArray],
+    rngs: Sequence[random.Random],
+    frame_ms: tuple[int, int],
+) -> list[ClientRun]:
+    """Every stream's frames, at real-time pace, in one time order through one core; the client runs."""
+    runs = [ClientRun(i, len(audio) / SAMPLE_RATE) for i, audio in enumerate(audios)]
+    positions = [0] * len(audios)
+    closed = [0.0] * len(audios)
+
+    def next_arrival(i: int) -> tuple[float, int, int]:
+        end = min(len(audios[i]), positions[i] + 16 * rngs[i].randint(*frame_ms))
+        return end / SAMPLE_RATE, i, end  # a frame arrives with its last sample
+
+    arrivals = [next_arrival(i) for i in range(len(audios)) if len(audios[i])]
+    heapq.heapify(arrivals)
+    while arrivals:
+        now, i, end = heapq.heappop(arrivals)
+        core.advance(now)
+        frame = audios[i][positions[i] : end]
+        positions[i] = end
+        runs[i].frames.append((end, now))
+        systems[i].feed(frame, now)
+        if end < len(audios[i]):
+            heapq.heappush(arrivals, next_arrival(i))
+        else:
+            systems[i].close(now)
+            closed[i] = now
+    core.advance(math.inf)
+    for run, system, ended in zip(runs, systems, closed, strict=True):
+        last = max((t for t, _ in system.messages), default=ended)
+        run.messages = [*system.messages, (max(ended, last), {"type": "Metadata"})]
+        run.close_code = 1000
+    return runs
+
+
 def simulate(
-    system: OurSystem | NaiveSystem | PocketsphinxSystem,
+    system: System,
     core: Core,
     audio: FloatArray,
     *,
@@ -438,23 +521,9 @@ def simulate(
     endpointing_s: float = 0.4,
 ) -> SimResult:
     """Stream `audio` through `system` in virtual time (see the module docstring)."""
-    rng = random.Random(seed)
-    run = ClientRun(0, len(audio) / SAMPLE_RATE)
     cpu = time.thread_time()
-    pos = 0
-    now = 0.0
-    while pos < len(audio):
-        frame = audio[pos : pos + 16 * rng.randint(*frame_ms)]
-        pos += len(frame)
-        now = pos / SAMPLE_RATE
-        core.advance(now)
-        run.frames.append((pos, now))
-        system.feed(frame, now)
-    system.close(now)
-    core.advance(math.inf)
+    (run,) = _drive([system], core, [audio], [random.Random(seed)], frame_ms)
     total = time.thread_time() - cpu
-    run.messages = [*system.messages, (max(now, core.free_at), {"type": "Metadata"})]
-    run.close_code = 1000
     return SimResult(
         system.name,
         len(audio) / SAMPLE_RATE,
@@ -465,4 +534,54 @@ def simulate(
         analyse_client(run, endpointing_s),
         " ".join(system.finals),
         core.skipped + getattr(system, "coalesced", 0),
+    )
+
+
+@dataclass
+class LoadResult:
+    """Many streams through one priced core (`simulate_load`): their latencies together, and the core's
+    busy time and batches."""
+
+    streams: int
+    audio_s: float
+    stats: ClientStats
+    busy_s: float
+    batches: int
+    windows: int
+    model_audio_s: float
+
+    @property
+    def mean_batch(self) -> float:
+        return self.windows / self.batches if self.batches else math.nan
+
+    @property
+    def busy_fraction(self) -> float:
+        """Core busy time per second of a mean stream: near 1, it cannot keep up much longer."""
+        return self.busy_s / self.audio_s * self.streams if self.audio_s else math.nan
+
+
+def simulate_load(
+    systems: Sequence[OurSystem],
+    core: Core,
+    audios: Sequence[FloatArray],
+    *,
+    seed: int = 0,
+    frame_ms: tuple[int, int] = (20, 100),
+    endpointing_s: float = 0.4,
+) -> LoadResult:
+    """Stream `audios[i]` through `systems[i]`, all at once on `core` (see the module docstring); client
+    `i` sends its frames in the sizes the load benchmark's client `i` uses with the same `seed`."""
+    rngs = [random.Random(seed * 1009 + i) for i in range(len(audios))]
+    runs = _drive(systems, core, audios, rngs, frame_ms)
+    stats = ClientStats()
+    for run in runs:
+        stats.add(analyse_client(run, endpointing_s))
+    return LoadResult(
+        len(audios),
+        sum(r.audio_s for r in runs),
+        stats,
+        core.busy_cpu,
+        core.batches,
+        core.jobs,
+        sum(s.model_samples for s in systems) / SAMPLE_RATE,
     )

@@ -28,7 +28,8 @@ class EngineOptions:
     dtype: str = "auto"
     threads: int | None = None
     max_batch: int | None = None
-    """Windows per model call; None: the engine's choice (transformers: 16 on a GPU, 1 on a CPU)."""
+    """Windows per model call; None: the engine's choice (transformers: timed at start-up on a GPU, 1 on a
+    CPU)."""
     warmup: bool = True
     decoder: str = "greedy"
     """How finals are decoded: `greedy`, or `beam` (lexicon + word LM beam search; built-in model only)."""

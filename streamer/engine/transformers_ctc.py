@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ import torch
 
 from streamer import SAMPLE_RATE
 from streamer.engine.base import FloatArray, conv_num_frames, receptive_field
+from streamer.engine.batching import AUTO_BATCH_LIMIT, length_groups, pick_max_batch, time_batch_sizes
 from streamer.errors import ConfigError, EngineError, ModelLoadError
+from streamer.windows import WindowPlan, partial_window_samples
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,7 @@ _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boole
 # NOT exact for data2vec-audio (its positional embedding is a stack of convs with no masking between them) nor
 # for wav2vec2-conformer (the conformer's depthwise time convolution is unmasked): padded frames leak into the
 # last real frames and, through attention, into every frame. Those, group-norm models and any model type not
-# listed run sub-batches of equal-length windows instead, which is always exact.
-MAX_PAD_RATIO = 1.25
-"""Longest / shortest window allowed in one padded sub-batch."""
-
+# listed run sub-batches of equal-length windows instead, which is always exact (`batching.length_groups`).
 _PADDING_EXACT_TYPES = frozenset({"wav2vec2", "hubert", "wavlm"})
 
 # WavLM hands a bool key_padding_mask and a float position bias to torch's multi-head attention, which
@@ -124,6 +124,10 @@ def _hub_error(model: str, offline: bool, cause: BaseException) -> ModelLoadErro
 
 
 GPU_MAX_BATCH = 16
+"""On a GPU when the timing of `--max-batch auto` fails."""
+AUTO_MAX_CALL_S = 0.5
+"""`--max-batch auto` stops timing larger batches after a call this slow: such batches would hold a final
+back for longer than its latency target allows anyway."""
 CPU_MAX_BATCH = 1
 """On a CPU a batch costs about the sum of its windows (measured here, 2 cores: 8 windows of 1.1 s in one
 call 1.15x faster than one by one for a 94M wav2vec2, no faster for a small one), while a final that
@@ -244,7 +248,8 @@ class TransformersCTCEngine:
     ) -> TransformersCTCEngine:
         """Load a hub id or a `save_pretrained` folder.
 
-        `max_batch` None: 16 on a GPU, 1 on a CPU (`CPU_MAX_BATCH`, see there).
+        `max_batch` None: on a GPU, chosen after the warm-up by timing batches of partial windows
+        (`auto_max_batch`; 16 if that fails), 1 on a CPU (`CPU_MAX_BATCH`, see there).
 
         Raises ConfigError for a bad device/dtype/threads/max_batch, ModelLoadError when the checkpoint
         cannot be found or is not a usable CTC model. With HF_HUB_OFFLINE=1 the network is never touched.
@@ -255,6 +260,7 @@ class TransformersCTCEngine:
         torch_dtype = resolve_dtype(dtype, torch_device)
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, not {threads}")
+        auto_batch = max_batch is None and torch_device.type == "cuda"
         if max_batch is None:
             max_batch = GPU_MAX_BATCH if torch_device.type == "cuda" else CPU_MAX_BATCH
         if max_batch < 1:
@@ -328,6 +334,8 @@ class TransformersCTCEngine:
         )
         if warmup:
             engine._warm_up()
+            if auto_batch:
+                engine.max_batch = engine.auto_max_batch()
         logger.info(
             "loaded %s: %s on %s as %s, attention %s, %d tokens, frame %d samples, %s batches",
             engine.name,
@@ -351,6 +359,53 @@ class TransformersCTCEngine:
             raise ModelLoadError(f"{self.name}: warm-up forward failed: {exc}") from exc
         if out.shape != (self.num_frames(SAMPLE_RATE), len(self.vocabulary)):
             raise ModelLoadError(f"{self.name}: unexpected output shape {out.shape} for a 1 s window")
+
+    def auto_max_batch(self, plan: WindowPlan | None = None) -> int:
+        """The batch size to serve with: calls of 1, 2, 4, ... partial windows of `plan` (the default one)
+        timed, and the smallest size past which larger batches make a window less than 10% cheaper
+        (`pick_max_batch`).
+
+        Meant for GPUs, where a batch costs little more than one window up to a size that depends on the
+        model, precision and device; takes a few seconds. Falls back to `GPU_MAX_BATCH` when timing fails.
+        """
+        samples = partial_window_samples(plan or WindowPlan(), self.frame_samples, self.receptive_field)
+        window = (0.05 * np.random.default_rng(0).standard_normal(samples)).astype(np.float32)
+        chosen = self.max_batch
+        self.max_batch = max(self.max_batch, AUTO_BATCH_LIMIT)  # one model call per timed batch
+
+        def run(size: int) -> float | None:
+            windows = [window] * size
+            try:
+                self.forward(windows)  # the first call of a shape pays for kernel selection
+                took = math.inf
+                for _ in range(2):
+                    started = time.perf_counter()
+                    self.forward(windows)
+                    took = min(took, time.perf_counter() - started)
+                return took
+            except EngineError as exc:
+                if not out_of_memory(exc):
+                    raise
+                if self._device.type == "cuda":
+                    torch.cuda.empty_cache()
+                return None
+
+        try:
+            times = time_batch_sizes(run, max_call_s=AUTO_MAX_CALL_S)
+            chosen = pick_max_batch(times.seconds) if times.seconds else GPU_MAX_BATCH
+        except (EngineError, ValueError) as exc:
+            logger.warning("%s: cannot time batches (%s); serving batches of %d", self.name, exc, chosen)
+            chosen = GPU_MAX_BATCH
+        else:
+            logger.info(
+                "%s: batches of up to %d windows (ms per partial window by batch size: %s; stopped: %s)",
+                self.name,
+                chosen,
+                " ".join(f"{b}:{1000 * t / b:.2f}" for b, t in times.seconds.items()),
+                times.stopped,
+            )
+        self.max_batch = chosen
+        return chosen
 
     # ------------------------------------------------------------------ Engine
 
@@ -389,8 +444,14 @@ class TransformersCTCEngine:
             with self._lock:
                 if self._model is None:
                     raise EngineError(f"{self.name}: engine is closed")
-                for group in self._plan(todo, arrays):
-                    for i, out in zip(group, self._run([arrays[i] for i in group]), strict=True):
+                # Every call is queued before the first result is read back: on a GPU the host prepares
+                # and launches the next group while the device still runs the previous one (reading a
+                # result is the one wait). On a CPU each call simply runs in turn.
+                calls = [
+                    (group, self._launch([arrays[i] for i in group])) for group in self._plan(todo, arrays)
+                ]
+                for group, (logprobs, lengths) in calls:
+                    for i, out in zip(group, self._collect(logprobs, lengths), strict=True):
                         results[i] = out
         except EngineError:
             raise
@@ -416,50 +477,47 @@ class TransformersCTCEngine:
 
     def _plan(self, indices: list[int], arrays: list[FloatArray]) -> list[list[int]]:
         """Split window indices into sub-batches of at most max_batch the model may see together."""
-        if self._pad_batches:
-            # Longest first, and a new sub-batch whenever padding would waste more than a quarter of the
-            # compute: a 1 s partial window padded to a 12 s final pass would cost 12 s (measured: batching
-            # then halved the streams a CPU holds).
-            groups: list[list[int]] = []
-            for i in sorted(indices, key=lambda i: -len(arrays[i])):
-                if (
-                    groups
-                    and len(groups[-1]) < self.max_batch
-                    and len(arrays[i]) * MAX_PAD_RATIO >= len(arrays[groups[-1][0]])
-                ):
-                    groups[-1].append(i)
-                else:
-                    groups.append([i])
-            return groups
-        by_length: dict[int, list[int]] = {}
-        for i in indices:
-            by_length.setdefault(len(arrays[i]), []).append(i)
-        return [
-            same[k : k + self.max_batch]
-            for same in by_length.values()
-            for k in range(0, len(same), self.max_batch)
-        ]
+        groups = length_groups([len(arrays[i]) for i in indices], self.max_batch, padded=self._pad_batches)
+        return [[indices[k] for k in group] for group in groups]
 
-    def _run(self, windows: list[FloatArray]) -> list[FloatArray]:
-        """One model call over windows that may share a batch (see `_plan`)."""
+    def _launch(self, windows: list[FloatArray]) -> tuple[torch.Tensor, list[int]]:
+        """One model call over windows that may share a batch (see `_plan`): its log-probs, still on the
+        device (on a GPU perhaps not computed yet), and the windows' lengths."""
         lengths = [len(w) for w in windows]
         longest = max(lengths)
         # One contiguous buffer, normalised in place per window over its own samples only, so padding
         # (zeros after the normalisation, as the feature extractor pads) never enters the statistics.
-        batch = np.zeros((len(windows), longest), dtype=np.float32)
+        # On a GPU the buffer is page-locked host memory: the copy to the device is then one DMA transfer
+        # that does not make this thread wait (the only wait is for the results, below).
+        cuda = self._device.type == "cuda"
+        if cuda:
+            host = torch.zeros((len(windows), longest), dtype=torch.float32, pin_memory=True)
+            batch = host.numpy()
+        else:
+            batch = np.zeros((len(windows), longest), dtype=np.float32)
+            host = torch.from_numpy(batch)
         for row, w in zip(batch, windows, strict=True):
             _normalise_into(row[: len(w)], w, self._normalize)
-        inputs = torch.from_numpy(batch).to(device=self._device, dtype=self._dtype)
+        # float32 over the bus, converted on the device: a conversion on the host would go through an
+        # ordinary (pageable) buffer again.
+        inputs = host.to(device=self._device, non_blocking=cuda).to(dtype=self._dtype)
         kwargs: dict[str, torch.Tensor] = {}
         if min(lengths) != longest:
-            lengths_t = torch.tensor(lengths, device=self._device)
+            # Through page-locked memory too: an ordinary copy to the GPU would first wait for every call
+            # still running there.
+            lengths_t = torch.tensor(lengths, pin_memory=cuda).to(device=self._device, non_blocking=cuda)
             positions = torch.arange(longest, device=self._device)
             kwargs["attention_mask"] = (positions[None, :] < lengths_t[:, None]).long()
         with torch.inference_mode():
             logits = self._model(inputs, **kwargs).logits
             # log_softmax in float32 even for half-precision models: bf16/fp16 log-probs lose the small
             # differences the decoder's confidences are made of.
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            return torch.log_softmax(logits.float(), dim=-1), lengths
+
+    def _collect(self, device_logprobs: torch.Tensor, lengths: list[int]) -> list[FloatArray]:
+        """Each window's frames of a launched call, as float32 arrays on the host."""
+        logprobs = device_logprobs.cpu().numpy()
+        longest = max(lengths)
         frames = [self.num_frames(n) for n in lengths]
         if logprobs.shape[1] < max(frames):
             raise EngineError(
@@ -468,6 +526,16 @@ class TransformersCTCEngine:
             )
         # Row slices of a C-contiguous array are contiguous views; no copy needed.
         return [logprobs[i, :n] for i, n in enumerate(frames)]
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it, e.g. inside an EngineError) is torch running out of memory."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError) or "out of memory" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _normalise_into(dst: FloatArray, window: FloatArray, normalize: bool) -> None:
