@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint typecheck unit install clean
+.PHONY: run test lint typecheck unit install lexicon clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: $(VENV)/.installed
+# The built-in model's beam decoder needs its lexicon; built once into the user's cache (a few minutes the
+# first time, with progress), then a no-op.
+lexicon: $(VENV)/.installed
+	$(PY) -m streamer.engine.hama_lexicon
+
+run: lexicon
 	$(PY) -m streamer $(ARGS)
 
 lint: $(VENV)/.installed
@@ -28,7 +33,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.installed
+unit: lexicon
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -29,7 +29,8 @@ from streamer.config import (
     VadChoice,
     normalise_origin,
 )
-from streamer.engine import EngineOptions
+from streamer.decoding.keyterms import Keyterm, KeytermError, KeytermLimits, check_keyterms, parse_keyterm
+from streamer.engine import DECODERS, EngineOptions
 from streamer.engine.batching import AUTO_BATCH_LIMIT
 from streamer.errors import ConfigError, ModelLoadError, StreamerError
 from streamer.session import StreamingConfig
@@ -76,6 +77,13 @@ _OPTIONS: tuple[_Option, ...] = (
         "FILE",
     ),
     _Option("--max-streams", "STREAMER_MAX_STREAMS", str(_DEFAULT_LIMITS.max_streams), "concurrent streams"),
+    _Option(
+        "--max-keyterms",
+        "STREAMER_MAX_KEYTERMS",
+        str(KeytermLimits().max_terms),
+        f"keyterms one stream may send (400 beyond; each at most {KeytermLimits().max_chars} characters "
+        f"and {KeytermLimits().max_words} words, boosts within +-{KeytermLimits().max_boost:g})",
+    ),
     _Option(
         "--idle-timeout",
         "STREAMER_IDLE_TIMEOUT",
@@ -302,8 +310,11 @@ _OPTIONS: tuple[_Option, ...] = (
         "--decoder",
         "STREAMER_DECODER",
         EngineOptions().decoder,
-        "how finals are decoded: greedy, or beam (lexicon and word-frequency beam search; built-in model "
-        "only; the first start builds a lexicon cache for a few minutes)",
+        "how finals are decoded: auto (beam search for the built-in model and where a transformers "
+        "checkpoint has a language_model/ folder, greedy otherwise), greedy, or beam (lexicon and word LM "
+        "beam search: for the built-in model the first start builds a lexicon cache, a few minutes, which "
+        "make run does beforehand; for a transformers checkpoint it needs its language_model/); per model "
+        "as LANG=DECODER pairs, e.g. 'greedy,he=beam' (a bare value applies to the other models)",
     ),
     _Option(
         "--lexicon-words",
@@ -355,6 +366,20 @@ def _parser() -> _Parser:
         metavar="KEY",
         help="accept this API key (Authorization: Token KEY); repeatable; with no key at all the server is "
         "open (env STREAMER_API_KEYS, comma-separated; default none)",
+    )
+    parser.add_argument(
+        "--keyterm",
+        action="append",
+        metavar="[LANG=]TERM",
+        help="a keyterm every stream gets (a name, product or phrase its finals favour), for the model "
+        "LANG or every model; repeatable (env STREAMER_KEYTERMS, comma-separated; default none)",
+    )
+    parser.add_argument(
+        "--keyterms-file",
+        action="append",
+        metavar="[LANG=]FILE",
+        help="keyterms from a file, one per line as TERM or TERM:BOOST (# comments), for the model LANG or "
+        "every model; repeatable (env STREAMER_KEYTERMS_FILE)",
     )
     parser.add_argument(
         "--allowed-origin",
@@ -576,8 +601,20 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     if threads is not None:
         _check(threads >= 1, threads_source, f"threads must be >= 1, got {threads}")
     decoder_source, decoder_text = values.get("decoder")
-    decoder = (decoder_text or "greedy").strip().lower()
-    _check(decoder in ("greedy", "beam"), decoder_source, f"expected greedy or beam, got {decoder_text!r}")
+    decoder, decoders = "auto", []
+    for part in _split((decoder_text or "auto").lower()):
+        name, sep, choice = (x.strip() for x in part.rpartition("="))
+        _check(
+            choice in DECODERS and (not sep or bool(name)),
+            decoder_source,
+            f"expected {', '.join(DECODERS)} or LANG=DECODER pairs, got {decoder_text!r}",
+        )
+        if sep:
+            served = [m.name for m in models]
+            _check(name in served, decoder_source, f"no model {name!r} is served ({', '.join(served)})")
+            decoders.append((name, choice))
+        else:
+            decoder = choice
     lexicon_words = values.convert("lexicon_words", _int)
     _check(lexicon_words >= 1, values.get("lexicon_words")[0], f"must be >= 1, got {lexicon_words}")
     engine = EngineOptions(
@@ -586,6 +623,7 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         threads=threads,
         max_batch=engine_batch,
         decoder=decoder,
+        decoders=tuple(decoders),
         lexicon_words=lexicon_words,
     )
     vad_source, vad_text = values.get("vad")
@@ -609,6 +647,10 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
     )
     resume_ttl = values.convert("resume_ttl", _float)
     _check(resume_ttl > 0, values.get("resume_ttl")[0], f"must be > 0 s, got {resume_ttl:g}")
+    max_keyterms = values.convert("max_keyterms", _int)
+    _check(max_keyterms >= 0, values.get("max_keyterms")[0], f"must be >= 0, got {max_keyterms}")
+    keyterm_limits = KeytermLimits(max_terms=max_keyterms)
+    keyterms = _keyterms(args, env, {m.name for m in models}, keyterm_limits)
     return ServerConfig(
         host=values.convert("host", lambda _s, t: t.strip()),
         port=port,
@@ -628,7 +670,48 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         resume_secret=(values.get("resume_secret")[1] or "").encode() or None,
         resume_ttl_s=resume_ttl,
         vad=_vad_choice(vad_choice),
+        keyterms=keyterms,
+        keyterm_limits=keyterm_limits,
     )
+
+
+def _for_model(text: str, models: set[str]) -> tuple[str, str]:
+    """`LANG=REST` where LANG is a served model, else every model (`*`) and the whole text."""
+    name, sep, rest = text.partition("=")
+    if sep and name.strip().lower() in models:
+        return name.strip().lower(), rest.strip()
+    return "*", text.strip()
+
+
+def _keyterms(
+    args: argparse.Namespace, env: Mapping[str, str], models: set[str], limits: KeytermLimits
+) -> tuple[tuple[str, Keyterm], ...]:
+    """--keyterm and --keyterms-file (or their environment variables), checked against `limits`."""
+    out: list[tuple[str, Keyterm]] = []
+    terms = args.keyterm if args.keyterm else _split(env.get("STREAMER_KEYTERMS", ""))
+    for text in terms:
+        model, term = _for_model(text, models)
+        out.append((model, parse_keyterm(term, with_boost=False)))
+    files = args.keyterms_file if args.keyterms_file else _split(env.get("STREAMER_KEYTERMS_FILE", ""))
+    for text in files:
+        model, path = _for_model(text, models)
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--keyterms-file: cannot read {path}: {exc.strerror or exc}") from None
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                try:
+                    out.append((model, parse_keyterm(line, with_boost=True, param=f"{path}:{n}")))
+                except KeytermError as exc:
+                    raise ConfigError(f"--keyterms-file {exc}") from None
+    for model in {m for m, _ in out}:
+        try:
+            check_keyterms([t for m, t in out if m in (model, "*")], limits, "--keyterm")
+        except KeytermError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(out)
 
 
 def _vad_choice(text: str) -> VadChoice:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from streamer.batcher import BatcherConfig
+from streamer.decoding.keyterms import Keyterm, KeytermLimits
 from streamer.engine import BUILTIN_EN, EngineOptions
 from streamer.errors import ConfigError
 from streamer.session import StreamingConfig
@@ -248,6 +249,9 @@ class ServerConfig:
     per process (a stream then resumes only on the process that started it)."""
     resume_ttl_s: float = 300.0
     """How long a resume token stays valid after the final it came with."""
+    keyterms: tuple[tuple[str, Keyterm], ...] = ()
+    """Server keyterms: (model name, term); every stream of that model gets them (`*`: every model)."""
+    keyterm_limits: KeytermLimits = field(default_factory=KeytermLimits)
     vad: VadChoice = "auto"
     """Speech detector: webrtc, silero (silero-vad, a small neural network: steadier in noise, several
     times webrtc's CPU), energy (for the `fake:tone` test engine), or auto (energy for fake models,

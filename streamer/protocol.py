@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from streamer.audio import ENCODINGS, MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormat, Encoding
+from streamer.decoding.keyterms import Keyterm, KeytermError, KeytermLimits, check_keyterms, parse_keyterm
 from streamer.errors import RequestError
 from streamer.session import StreamingConfig
 from streamer.transcript import Event, SpeechStarted, Transcript, UtteranceEnd
@@ -48,6 +49,8 @@ LISTEN_PARAMS: frozenset[str] = frozenset(
         "callback_method",
         CALLBACK_INTERIMS,
         RESUMABLE,
+        "keyterm",
+        "keywords",
     }
 )
 """Query parameters of /v1/listen that this server implements."""
@@ -68,8 +71,6 @@ IGNORED_PARAMS: frozenset[str] = frozenset(
         "dictation",
         "extra",
         "filler_words",
-        "keyterm",
-        "keywords",
         "mip_opt_out",
         "no_delay",
         "numerals",
@@ -161,6 +162,8 @@ class ListenParams:
     callback_interims: bool = False
     resumable: bool = False
     """The client resumes after a restart with its audio since the last final (see RESUMABLE)."""
+    keyterms: tuple[Keyterm, ...] = ()
+    """`keyterm` (repeatable) and `keywords` (`WORD:BOOST`, repeatable) values, within the limits."""
     ignored: tuple[str, ...] = ()
     """Known Deepgram parameters accepted without effect."""
     unknown: tuple[str, ...] = ()
@@ -245,11 +248,35 @@ def _is_deepgram_model(name: str) -> bool:
     return first in DEEPGRAM_MODEL_FAMILIES or first.isdigit()
 
 
-def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) -> ListenParams:
+def _all(query: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a repeatable parameter (`query` may be a multi-dict with `getall`, as aiohttp's)."""
+    getall = getattr(query, "getall", None)
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return values
+    value = query.get(name)
+    return [] if value is None else [value]
+
+
+def parse_keyterms(query: Mapping[str, str], limits: KeytermLimits) -> tuple[Keyterm, ...]:
+    """The `keyterm` and `keywords` values of `query`, checked against `limits`; raises ParamError."""
+    try:
+        terms = [parse_keyterm(v, with_boost=False) for v in _all(query, "keyterm")]
+        terms += [parse_keyterm(v, with_boost=True) for v in _all(query, "keywords")]
+        check_keyterms(terms, limits, "keyterm" if "keyterm" in query else "keywords")
+    except KeytermError as exc:
+        raise ParamError(str(exc), exc.param or "keyterm", "keyterms within the server's limits") from None
+    return tuple(terms)
+
+
+def parse_listen_params(
+    query: Mapping[str, str], served_models: Sequence[str], keyterm_limits: KeytermLimits | None = None
+) -> ListenParams:
     """Validate `/v1/listen` query parameters against the served model names (= languages).
 
     `model` picks a served model by name; a Deepgram model name (`nova-3`, `enhanced`, ...) falls back to
-    the model of `language`; any other name is an error. Raises `ParamError`.
+    the model of `language`; any other name is an error. `keyterm` and `keywords` may repeat (`query` a
+    multi-dict) and must keep within `keyterm_limits`. Raises `ParamError`.
     """
     if not served_models:
         raise ValueError("no served models")
@@ -319,6 +346,7 @@ def parse_listen_params(query: Mapping[str, str], served_models: Sequence[str]) 
         callback_method="PUT" if method == "PUT" else "POST",
         callback_interims=_bool(query, CALLBACK_INTERIMS, False),
         resumable=_bool(query, RESUMABLE, False),
+        keyterms=parse_keyterms(query, keyterm_limits or KeytermLimits()),
         ignored=tuple(n for n in names if n in IGNORED_PARAMS),
         unknown=tuple(n for n in names if n not in IGNORED_PARAMS and n not in LISTEN_PARAMS),
     )
@@ -498,6 +526,8 @@ class ErrorMessage:
 @dataclass(frozen=True)
 class ConfigureSuccessMessage:
     request_id: str
+    keyterms: list[str] | None = None
+    """The keyterms now in effect, when the Configure replaced them."""
     type: Literal["ConfigureSuccess"] = "ConfigureSuccess"
 
 
@@ -633,22 +663,21 @@ def error_message(description: str, code: str = "") -> str:
     return _dumps(ErrorMessage(description, code or "Error", code))
 
 
-def configure_reply(control: Configure, request_id: str) -> str:
+def configure_reply(
+    request_id: str, keyterms: Sequence[str] | None = None, failure: str | None = None
+) -> str:
     """Deepgram's answer to `Configure`; the stream goes on either way.
 
-    Keyterms fail with `CONFIGURE_KEYTERMS_NOT_SUPPORTED`, what Deepgram answers for its models without
-    keyterm support (none of ours has it). Formatting `features` alone succeed without effect, as the
-    `punctuate` or `numerals` query parameters are accepted and ignored.
+    `keyterms`: the terms now in effect when the message replaced them; `failure`: why the new keyterms
+    were refused (`CONFIGURE_KEYTERM_LIMIT_EXCEEDED`; the old ones stay). Formatting `features` succeed
+    without effect, as the `punctuate` or `numerals` query parameters are accepted and ignored.
     """
-    if control.keyterms is not None:
-        return _dumps(
-            ConfigureFailureMessage(
-                request_id,
-                "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-                "keyterms are not supported by this server's models",
-            )
-        )
-    return _dumps(ConfigureSuccessMessage(request_id))
+    if failure is not None:
+        return _dumps(ConfigureFailureMessage(request_id, "CONFIGURE_KEYTERM_LIMIT_EXCEEDED", failure))
+    success = asdict(ConfigureSuccessMessage(request_id, list(keyterms) if keyterms is not None else None))
+    if keyterms is None:
+        del success["keyterms"]  # present only when the message replaced them
+    return json.dumps(success, ensure_ascii=False, separators=(",", ":"))
 
 
 def prerecorded_response(summary: StreamSummary, channels: Sequence[Sequence[Transcript]]) -> str:

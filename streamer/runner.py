@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable
 
 from streamer.batcher import Batcher
-from streamer.ctc import FloatArray
-from streamer.decoding import BeamResult, final_decoder
+from streamer.decoding import BeamResult
 from streamer.errors import StreamerError
 from streamer.session import WindowRequest
 from streamer.stream import Stream
@@ -39,7 +38,6 @@ class StreamRunner:
         self._on_event = on_event
         self._on_error = on_error
         self.stream_id = stream_id
-        self._decoder = final_decoder(batcher.engine)
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_request: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._idle = asyncio.Event()
@@ -110,15 +108,9 @@ class StreamRunner:
         priority = 1 if request.kind == "window" else 0
         try:
             decoded: BeamResult | None = None
-            if request.decode is not None and self._decoder is not None:
+            if request.decode is not None:
                 # A final's beam search runs on the inference thread, right after the model.
-                first, end, offset = request.decode
-                decoder = self._decoder
-
-                def decode(out: FloatArray) -> BeamResult:
-                    return decoder.decode(out[first:end], frame_offset=offset)
-
-                logprobs, result = await self.batcher.infer_then(request.audio, priority, decode)
+                logprobs, result = await self.batcher.infer_then(request.audio, priority, request.decode)
                 decoded = result if isinstance(result, BeamResult) else None
             else:
                 logprobs = await self.batcher.infer(request.audio, priority)

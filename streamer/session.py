@@ -23,7 +23,7 @@ import numpy as np
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray
-from streamer.decoding import BeamResult, final_decoder
+from streamer.decoding import BeamResult, KeytermTrie, WordDecoder, final_decoder
 from streamer.engine.base import Engine
 from streamer.errors import ConfigError
 from streamer.transcript import (
@@ -107,10 +107,27 @@ class WindowRequest:
     audio: FloatArray
     kind: RequestKind
     channel: int
-    decode: tuple[int, int, int] | None = None
-    """For a pass that makes a final with the engine's final decoder: (first, end, frame offset) of the
-    output frames it keeps. The caller may decode them where the model ran (`prev_token=None`) and
-    pass the result to `receive_logprobs`, which saves the event loop that work."""
+    decode: FinalDecode | None = None
+    """For a pass that makes a final with a word decoder (a beam search): the caller may decode its
+    output where the model ran and pass the result to `receive_logprobs`, which saves the event loop that
+    work."""
+
+
+@dataclass(frozen=True)
+class FinalDecode:
+    """Decode output frames [first, end) of a pass, the first being frame `offset` of its segment, as
+    `decoder.decode(out[first:end], frame_offset=offset, keyterms=keyterms)` (`prev_token=None`)."""
+
+    first: int
+    end: int
+    offset: int
+    decoder: WordDecoder
+    keyterms: KeytermTrie | None = None
+
+    def __call__(self, out: FloatArray) -> BeamResult:
+        return self.decoder.decode(
+            out[self.first : self.end], frame_offset=self.offset, keyterms=self.keyterms
+        )
 
 
 @dataclass
@@ -190,6 +207,7 @@ class Session:
         self.channel = channel
         self.geometry = Geometry(engine.frame_samples, engine.receptive_field, engine.num_frames)
         self._final_decoder = final_decoder(engine)
+        self._keyterms: KeytermTrie | None = None
         self._plan = FramePlan.from_seconds(config.partial_plan, engine.frame_samples)
         fs = engine.frame_samples
         self._context = round(config.context_s * SAMPLE_RATE / fs)
@@ -287,6 +305,12 @@ class Session:
         out, self._events = self._events, []
         return out
 
+    def set_keyterms(self, decoder: WordDecoder | None, keyterms: KeytermTrie | None) -> None:
+        """Finals requested from now on are decoded by `decoder` favouring `keyterms` (see
+        `streamer.decoding.KeytermCompiler`); `keyterms` None: the engine's own decoder, no keyterms."""
+        self._final_decoder = decoder if keyterms is not None else final_decoder(self.engine)
+        self._keyterms = keyterms
+
     def receive_logprobs(
         self, request_id: int, logprobs: FloatArray, decoded: BeamResult | None = None
     ) -> None:
@@ -376,7 +400,13 @@ class Session:
         decode = None
         if self._final_decoder is not None and kind in ("final", "pause"):
             first = window.first_frame
-            decode = (window.keep_from - first, window.keep_to - first, window.keep_from)
+            decode = FinalDecode(
+                window.keep_from - first,
+                window.keep_to - first,
+                window.keep_from,
+                self._final_decoder,
+                self._keyterms,
+            )
         self._requests.append(WindowRequest(rid, audio, kind, self.channel, decode))
         return rid
 
@@ -698,6 +728,7 @@ class Session:
             prev_token=seg.carry,
             decoder=self._final_decoder if final else None,
             decoded=decoded if final and not carried else None,
+            keyterms=self._keyterms,
         )
 
     def _check_utterance_end(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from streamer import SAMPLE_RATE
 from streamer.audio import AudioDecoder, AudioFormat
 from streamer.ctc import FloatArray
-from streamer.decoding import BeamResult
+from streamer.decoding import BeamResult, KeytermTrie, WordDecoder
 from streamer.engine.base import Engine
 from streamer.session import Session, StreamingConfig, WindowRequest
 from streamer.transcript import Event, shifted
@@ -71,6 +71,11 @@ class Stream:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def set_keyterms(self, decoder: WordDecoder | None, keyterms: KeytermTrie | None) -> None:
+        """Every channel's finals from now on favour `keyterms` (see `Session.set_keyterms`)."""
+        for session in self.sessions:
+            session.set_keyterms(decoder, keyterms)
 
     def receive_bytes(self, chunk: bytes) -> None:
         """Audio bytes in any chunking; odd and partial samples carry to the next chunk."""

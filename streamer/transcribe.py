@@ -1,7 +1,8 @@
 """Offline transcription: one full model pass per VAD segment (or over the whole file).
 
 This is the reference that streaming output is measured against, and a tool on its own:
-`python -m streamer.transcribe FILE [--model SPEC] [--json] [--no-vad] [--decoder beam]`. From code:
+`python -m streamer.transcribe FILE [--model SPEC] [--json] [--no-vad] [--decoder D] [--keyterm TERM]`.
+From code:
 `transcribe_samples(engine, samples_16k, vad_config, detector=None)` returns the words of each segment
 (`detector`: the stream's speech detector, e.g. a `SileroDetector`; None is webrtcvad).
 """
@@ -21,8 +22,9 @@ import soxr
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray
-from streamer.decoding import final_decoder
-from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
+from streamer.decoding import KeytermTrie, WordDecoder, final_decoder, keyterm_compiler
+from streamer.decoding.keyterms import check_keyterms, parse_keyterm
+from streamer.engine import BUILTIN_EN, DECODERS, Engine, EngineOptions, load_engine
 from streamer.errors import StreamerError
 from streamer.transcript import Word, render_words
 from streamer.vad import (
@@ -103,17 +105,21 @@ def transcribe_samples(
     *,
     detector: SpeechDetector | None = None,
     context_s: float = 2.0,
+    keyterms: KeytermTrie | None = None,
+    decoder: WordDecoder | None = None,
 ) -> list[SegmentResult]:
     """One pass per VAD segment (`vad=None`: one pass over everything); `detector` is a fresh speech
     detector of the kind the stream uses (None: webrtcvad), so the segments are the stream's.
 
     A segment with pauses (`VadConfig.pause_ms`) gets one pass per piece between them, each with up to
     `context_s` of the segment's audio before it as left context (its frames discarded), as a stream
-    makes its utterance finals (`StreamingConfig.context_s`)."""
+    makes its utterance finals (`StreamingConfig.context_s`). `keyterms` are decoded with `decoder` (a
+    `KeytermCompiler`'s), as a stream with those keyterms decodes its finals."""
     segments = speech_segments(samples, vad, detector) if vad is not None else [SpeechSegment(0, samples)]
     fs = engine.frame_samples
     context = round(context_s * SAMPLE_RATE / fs)
-    decoder = final_decoder(engine)  # the one a stream's finals use, so that both stay equal
+    if keyterms is None or decoder is None:
+        keyterms, decoder = None, final_decoder(engine)  # the one a stream's finals use: both stay equal
     results = []
     for seg in segments:
         region, carry = 0, None
@@ -135,6 +141,7 @@ def transcribe_samples(
                 origin_sample=seg.start,
                 prev_token=carry,
                 decoder=decoder,
+                keyterms=keyterms,
             )
             piece_start = seg.start + (region * fs if region else 0)
             piece_end = seg.start + (min(end, total * fs) if end < len(seg.audio) else end)
@@ -158,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
     parser.add_argument(
-        "--decoder", choices=("greedy", "beam"), default="greedy", help="greedy, or lexicon beam search"
+        "--decoder",
+        choices=DECODERS,
+        default="auto",
+        help="greedy, beam (lexicon beam search), or auto: beam for the built-in model and where a "
+        "checkpoint has a language_model/ (default %(default)s; as the server decides)",
+    )
+    parser.add_argument(
+        "--keyterm", action="append", default=[], metavar="TERM", help="a keyterm to favour (repeatable)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -166,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         samples = read_audio(args.file)
         options = EngineOptions(device=args.device, dtype=args.dtype, max_batch=1, decoder=args.decoder)
         engine = load_engine(args.model, options)
-        results = transcribe_samples(engine, samples, None if args.no_vad else VadConfig())
+        compiler = keyterm_compiler(engine)
+        terms = [parse_keyterm(t, with_boost=False, param="--keyterm") for t in args.keyterm]
+        check_keyterms(terms, compiler.limits, "--keyterm")
+        results = transcribe_samples(
+            engine,
+            samples,
+            None if args.no_vad else VadConfig(),
+            keyterms=compiler.compile(terms),
+            decoder=compiler.decoder,
+        )
     except (StreamerError, OSError, sf.LibsndfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

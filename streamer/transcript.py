@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from streamer import SAMPLE_RATE
 from streamer.ctc import FloatArray, TokenWord, greedy_words, transcript_confidence
-from streamer.decoding import BeamResult, BeamWord, WordDecoder
+from streamer.decoding import BeamResult, BeamWord, KeytermTrie, WordDecoder
 
 Speller = Callable[[Sequence[Sequence[int]]], list[str]]
 
@@ -88,18 +88,20 @@ def render_words(
     prev_token: int | None = None,
     decoder: WordDecoder | None = None,
     decoded: BeamResult | None = None,
+    keyterms: KeytermTrie | None = None,
 ) -> tuple[list[Word], int]:
     """Decode frames `first_frame...` of a segment starting at stream sample `origin_sample` into words.
 
     Returns the words (times in stream seconds) and the last frame's token for the next call. With a
     `decoder` (a beam search) its words are used; those it cannot name are spelled from their tokens.
     `decoded`: that decoder's result for these frames, already computed (off the event loop).
+    `keyterms`: terms the decoder favours (see `streamer.decoding.keyterms`).
     """
     if decoder is not None:
         result = (
             decoded
             if decoded is not None
-            else decoder.decode(logprobs, frame_offset=first_frame, prev_token=prev_token)
+            else decoder.decode(logprobs, frame_offset=first_frame, prev_token=prev_token, keyterms=keyterms)
         )
         unknown = [w.tokens for w in result.words if w.text is None]
         spelled = iter(spell(unknown) if unknown else [])

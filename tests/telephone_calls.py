@@ -73,13 +73,13 @@ def two_party_call() -> Call:
 @cache
 def offline(channel_audio: bytes) -> str:
     """One full pass of the built-in model over 8 kHz mu-law audio, per VAD segment (streamer.transcribe)."""
-    from streamer.engine.hama_engine import HamaEngine
+    from streamer.engine import BUILTIN_EN, EngineOptions, load_engine
     from streamer.transcribe import transcribe_samples
     from streamer.vad import VadConfig
 
     decoded = MULAW_TABLE[np.frombuffer(channel_audio, np.uint8)]
     audio = soxr.resample(decoded, RATE, 16000, quality="HQ").astype(np.float32)
-    engine = HamaEngine(replicas=1)
+    engine = load_engine(BUILTIN_EN, EngineOptions(threads=1))  # the server's default decoder too
     try:
         return " ".join(r.text for r in transcribe_samples(engine, audio, VadConfig()) if r.text)
     finally:

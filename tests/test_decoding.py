@@ -13,7 +13,7 @@ import pytest
 from streamer.audio import AudioFormat, float_to_linear16
 from streamer.batcher import Batcher, BatcherConfig
 from streamer.ctc import greedy_words
-from streamer.decoding import BeamDecoder, BeamOptions, BeamResult, Lexicon, final_decoder
+from streamer.decoding import BeamDecoder, BeamOptions, BeamResult, KeytermTrie, Lexicon, final_decoder
 from streamer.engine.fake import EnergyDetector, ToneEngine
 from streamer.runner import StreamRunner
 from streamer.session import Session, StreamingConfig
@@ -180,10 +180,17 @@ class _Recording:
         self.threads: list[int] = []
 
     def decode(
-        self, logprobs: np.ndarray, *, frame_offset: int = 0, prev_token: int | None = None
+        self,
+        logprobs: np.ndarray,
+        *,
+        frame_offset: int = 0,
+        prev_token: int | None = None,
+        keyterms: KeytermTrie | None = None,
     ) -> BeamResult:
         self.threads.append(threading.get_ident())
-        return self.inner.decode(logprobs, frame_offset=frame_offset, prev_token=prev_token)
+        return self.inner.decode(
+            logprobs, frame_offset=frame_offset, prev_token=prev_token, keyterms=keyterms
+        )
 
 
 async def test_a_streams_finals_are_decoded_on_the_inference_thread_not_the_event_loop() -> None:
@@ -240,6 +247,26 @@ def test_hama_lexicon_is_built_once_in_the_models_own_units_then_loaded_from_the
     again = hama_lexicon.load_hama_lexicon(vocabulary, 60, quiet=True)
     assert time.perf_counter() - started < 0.5
     assert again.words == lex.words and again.children == lex.children
+
+
+def test_hama_lexicon_build_in_worker_processes_gives_the_same_pronunciations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer.engine import hama_lexicon
+
+    words = [w for w, _ in hama_lexicon.english_words(12)]
+    monkeypatch.setenv("STREAMER_CACHE_DIR", str(tmp_path / "one"))
+    alone = hama_lexicon.pronunciations(words)
+    # chunks of 5 words over 2 spawned processes, appended to the cache as each chunk lands
+    monkeypatch.setenv("STREAMER_CACHE_DIR", str(tmp_path / "two"))
+    monkeypatch.setattr(hama_lexicon, "_CHUNK", 5)
+    monkeypatch.setattr(hama_lexicon, "_build_workers", lambda todo: 2)
+    progress: list[tuple[int, int]] = []
+    parallel = hama_lexicon.pronunciations(words, lambda done, todo: progress.append((done, todo)))
+    assert parallel == alone and all(alone.values())
+    assert progress == [(5, 12), (10, 12), (12, 12)]
+    lines = next((tmp_path / "two").glob("*.tsv")).read_text(encoding="utf-8").splitlines()
+    assert [line.split("\t")[0] for line in lines] == words
 
 
 def test_accuracy_bench_with_the_beam_decoder(eval_data: Path, capsys: pytest.CaptureFixture[str]) -> None:

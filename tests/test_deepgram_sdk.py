@@ -252,6 +252,7 @@ async def test_live_sync_client_finalize_configure_close(caplog: pytest.LogCaptu
             assert finalized.wait(5), "no Results answering Finalize"
             for message in (
                 ListenV1Configure(keyterms=["cafe"]),
+                ListenV1Configure(keyterms=["x" * 101]),  # over the 100-character limit: refused
                 ListenV1Configure(features={"numerals": True}),
             ):
                 configured.clear()
@@ -278,10 +279,17 @@ async def test_live_sync_client_finalize_configure_close(caplog: pytest.LogCaptu
     by_finalize = next(r for r in results if r.from_finalize)
     assert by_finalize.channel.alternatives[0].transcript == " ".join(first)
     assert not by_finalize.speech_final
-    failure = next(m for m in messages if isinstance(m, ListenV1ConfigureFailure))
-    assert failure.code == "CONFIGURE_KEYTERMS_NOT_SUPPORTED" and failure.description
-    success = next(m for m in messages if isinstance(m, ListenV1ConfigureSuccess))
-    assert success.request_id == failure.request_id == results[0].metadata.request_id
+    replies = [m for m in messages if isinstance(m, (ListenV1ConfigureSuccess, ListenV1ConfigureFailure))]
+    assert [type(m) for m in replies] == [
+        ListenV1ConfigureSuccess,
+        ListenV1ConfigureFailure,
+        ListenV1ConfigureSuccess,
+    ]
+    replaced, refused, features = replies
+    assert replaced.keyterms == ["cafe"]  # the keyterms now in effect
+    assert refused.code == "CONFIGURE_KEYTERM_LIMIT_EXCEEDED" and "100 characters" in refused.description
+    assert features.keyterms is None  # keyterms untouched
+    assert replaced.request_id == refused.request_id == results[0].metadata.request_id
     assert isinstance(messages[-1], ListenV1Metadata)
 
 

@@ -17,11 +17,11 @@ JFK = (
 
 
 def offline_text(path: Path) -> str:
-    from streamer.engine.hama_engine import HamaEngine
+    from streamer.engine import BUILTIN_EN, EngineOptions, load_engine
     from streamer.transcribe import read_audio, transcribe_samples
     from streamer.vad import VadConfig
 
-    engine = HamaEngine(replicas=1)
+    engine = load_engine(BUILTIN_EN, EngineOptions(threads=1))  # the server's default decoder too
     try:
         results = transcribe_samples(engine, read_audio(path), VadConfig())
     finally:

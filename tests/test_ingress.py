@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer.server.ingress.base import Audio, EndOfAudio, Flush, ProtocolError, Reply, Start
+from streamer.server.ingress.base import (
+    Audio,
+    EndOfAudio,
+    Flush,
+    ProtocolError,
+    Reconfigure,
+    Reply,
+    Start,
+    stream_params,
+)
 from streamer.server.ingress.deepgram import DeepgramDialect
 from streamer.server.ingress.tracks import TrackAligner
 from streamer.server.ingress.twilio import TwilioDialect, signature
@@ -34,6 +43,13 @@ def test_deepgram_codec_maps_frames_to_items() -> None:
     assert d.receive_text('{"type":"KeepAlive"}') == []
     [reply] = d.receive_text('{"type":"Configure","features":{}}')
     assert isinstance(reply, Reply) and json.loads(reply.text)["type"] == "ConfigureSuccess"
+    # keyterms go to the stream, which answers through `configured` once they are in effect
+    assert d.receive_text('{"type":"Configure","keyterms":["Whittemore"]}') == [Reconfigure(("Whittemore",))]
+    assert json.loads(d.configured(["Whittemore"], None) or "") == {
+        "type": "ConfigureSuccess",
+        "request_id": "req-1",
+        "keyterms": ["Whittemore"],
+    }
     [bad] = d.receive_text("not json")
     assert isinstance(bad, ProtocolError) and bad.detail
 
@@ -115,6 +131,17 @@ def test_twilio_start_gives_parameters_from_custom_parameters() -> None:
     p = start.params
     assert (p.model, p.encoding, p.sample_rate, p.channels, p.multichannel) == ("he", "mulaw", 8000, 2, True)
     assert p.interim_results and p.tag == "desk-7"
+    # Twilio passes strings only: several keyterms separated by commas; a JSON list where allowed.
+    custom = {"keyterm": "Whittemore, Jonatas Grosman", "keywords": "kubectl:2"}
+    [start] = TwilioDialect(SERVED).receive_text(start_message(["inbound"], custom))
+    assert isinstance(start, Start)
+    assert [(k.text, k.boost) for k in start.params.keyterms] == [
+        ("Whittemore", 1.0),
+        ("Jonatas Grosman", 1.0),
+        ("kubectl", 2.0),
+    ]
+    listed = stream_params({"keyterm": ["a, b", "c"]}, list(SERVED), encoding="mulaw", sample_rate=8000)
+    assert [k.text for k in listed.keyterms] == ["a, b", "c"]
 
 
 def test_twilio_both_tracks_become_aligned_channels() -> None:

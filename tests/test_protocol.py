@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from multidict import MultiDict
 
 from streamer.audio import AudioFormat
+from streamer.decoding.keyterms import Keyterm, KeytermLimits
 from streamer.protocol import (
     IGNORED_PARAMS,
     CloseStream,
@@ -98,11 +100,39 @@ def test_served_model_name_wins() -> None:
 
 def test_ignored_and_unknown_params_are_accepted() -> None:
     p = parse(punctuate="true", smart_format="true", diarize="true", keywords="x:2", foo="bar")
-    assert p.ignored == ("diarize", "keywords", "punctuate", "smart_format")
+    assert p.ignored == ("diarize", "punctuate", "smart_format")
     assert p.unknown == ("foo",)
     assert {"punctuate", "smart_format", "diarize", "redact", "mip_opt_out"} <= IGNORED_PARAMS
-    # tag, callback and callback_method are implemented now (watchers, webhooks).
-    assert not {"tag", "callback", "callback_method"} & IGNORED_PARAMS
+    # tag, callback and callback_method are implemented now (watchers, webhooks), and keyterms.
+    assert not {"tag", "callback", "callback_method", "keyterm", "keywords"} & IGNORED_PARAMS
+
+
+def test_keyterm_and_keywords_repeat_and_keep_within_the_limits() -> None:
+    query = MultiDict(
+        [
+            ("keyterm", "Jonatas Grosman"),
+            ("keyterm", "Whittemore"),
+            ("keywords", "kubectl:3"),
+            ("keywords", "tv"),
+        ]
+    )
+    p = parse_listen_params(query, ["en"])
+    assert p.keyterms == (
+        Keyterm("Jonatas Grosman"),
+        Keyterm("Whittemore"),
+        Keyterm("kubectl", 3.0),
+        Keyterm("tv", 1.0),
+    )
+    assert parse(keyterm="a:b").keyterms == (Keyterm("a:b"),)  # keyterm has no boost syntax
+    for query, limits, message in [
+        (MultiDict([("keyterm", "a"), ("keyterm", "b")]), KeytermLimits(max_terms=1), "at most 1 keyterms"),
+        ({"keyterm": "x" * 101}, KeytermLimits(), "at most 100 characters"),
+        ({"keywords": "word:99"}, KeytermLimits(), "between -10 and 10"),
+        ({"keywords": "word:much"}, KeytermLimits(), "must be a number"),
+    ]:
+        with pytest.raises(ParamError, match=message) as err:
+            parse_listen_params(query, ["en"], limits)
+        assert err.value.param in ("keyterm", "keywords")
 
 
 def test_tag_and_callback_params() -> None:
@@ -205,13 +235,18 @@ def test_control_messages() -> None:
     assert keyterms == Configure(keyterms=("cafe",))
     features = decode_control('{"type":"Configure","features":{"numerals":true}}')
     assert features == Configure(features={"numerals": True})
-    assert json.loads(configure_reply(keyterms, "r1")) == {
+    assert json.loads(configure_reply("r1", ["cafe"])) == {
+        "type": "ConfigureSuccess",
+        "request_id": "r1",
+        "keyterms": ["cafe"],
+    }
+    assert json.loads(configure_reply("r1", [], "too many")) == {
         "type": "ConfigureFailure",
         "request_id": "r1",
-        "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-        "description": "keyterms are not supported by this server's models",
+        "code": "CONFIGURE_KEYTERM_LIMIT_EXCEEDED",
+        "description": "too many",
     }
-    assert json.loads(configure_reply(features, "r1")) == {"type": "ConfigureSuccess", "request_id": "r1"}
+    assert json.loads(configure_reply("r1")) == {"type": "ConfigureSuccess", "request_id": "r1"}
 
 
 @pytest.mark.parametrize(

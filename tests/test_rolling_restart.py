@@ -28,7 +28,7 @@ import pytest
 import soundfile as sf
 
 from streamer.bench.soak import ServerProcess
-from streamer.engine.hama_engine import HamaEngine
+from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
 from streamer.transcribe import read_audio, transcribe_samples
 from streamer.vad import VadConfig
 from tests.conftest import ROOT
@@ -101,7 +101,7 @@ async def haproxy(replicas: list[int], log_path: Path) -> AsyncIterator[str]:
         log.close()
 
 
-def offline_words(samples: np.ndarray, engine: HamaEngine, cuts: list[int]) -> list[tuple[str, float]]:
+def offline_words(samples: np.ndarray, engine: Engine, cuts: list[int]) -> list[tuple[str, float]]:
     """(word, start s) of an offline pass over `samples`, restarted at each cut (stream samples)."""
     words: list[tuple[str, float]] = []
     bounds = [0, *cuts, len(samples)]
@@ -166,7 +166,7 @@ async def test_rolling_restart_loses_and_repeats_no_word(eval_data: Path, tmp_pa
         resumes.setdefault(request_id, []).append(int(sample))
     assert sum(len(v) for v in resumes.values()) >= 3, "every restart cut at least one stream"
 
-    engine = HamaEngine(replicas=1)
+    engine = load_engine(BUILTIN_EN, EngineOptions(threads=1))  # the server's default decoder too
     try:
         for (stdout, stderr), proc, samples in zip(outputs, clients, audio, strict=True):
             assert proc.returncode == 0, stderr.decode()

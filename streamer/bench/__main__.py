@@ -14,6 +14,7 @@ BENCHMARKS = {
     "longcall": "streamer.bench.longcall",
     "telephone": "streamer.bench.telephone",
     "vadcost": "streamer.bench.vadcost",
+    "lmcompare": "streamer.bench.lmcompare",
     "gpu": "streamer.bench.gpu",
 }
 

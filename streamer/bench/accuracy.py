@@ -58,8 +58,8 @@ from streamer.batcher import Batcher, BatcherConfig
 from streamer.bench.data import Clip, join_with_pauses, load_manifest, normalise, wer
 from streamer.bench.noise import NOISE_KINDS, NoiseSpec, make_noise, mix_at_snr, scaled
 from streamer.ctc import FloatArray
-from streamer.decoding import BeamOptions, BeamResult, WordDecoder, final_decoder
-from streamer.engine import BUILTIN_EN, Engine, EngineOptions, load_engine
+from streamer.decoding import BeamOptions, BeamResult, KeytermTrie, WordDecoder, final_decoder
+from streamer.engine import BUILTIN_EN, DECODERS, Engine, EngineOptions, load_engine
 from streamer.errors import ConfigError
 from streamer.runner import StreamRunner
 from streamer.session import StreamingConfig
@@ -420,6 +420,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-sim", action="store_true", help="skip the simulated final latency of the long stream"
     )
+    parser.add_argument(
+        "--biasing",
+        type=_sizes,
+        default=None,
+        metavar="N[,N...]",
+        help="keyterm benchmark instead of streaming: each clip's rare words plus N distractors as keyterms, "
+        "offline, reporting WER, B-WER and U-WER per list size and without boosting (see "
+        "streamer.bench.biasing)",
+    )
+    parser.add_argument(
+        "--rare-zipf",
+        type=float,
+        default=3.5,
+        help="--biasing: words under this wordfreq Zipf frequency are rare (default %(default)s)",
+    )
     add_decoder_flags(parser)
     add_streaming_flags(parser)
     args = parser.parse_args(argv)
@@ -442,6 +457,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("streamer.engine.hama_lexicon").setLevel(logging.INFO)
     engine = load_engine(args.model, engine_options(args))
+    if args.biasing is not None:
+        from streamer.bench import biasing
+
+        return biasing.evaluate(
+            engine,
+            clips,
+            args.biasing,
+            config.vad,
+            zipf=args.rare_zipf,
+            seed=args.seed,
+            context_s=config.context_s,
+            verbose=not args.quiet,
+        )
     timed = _TimedDecoder.install(engine)
     started = time.perf_counter()
     rows, joined = asyncio.run(
@@ -523,7 +551,7 @@ def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
     """`--decoder` and the beam search's options (see `streamer.decoding.BeamOptions`)."""
     d = BeamOptions()
     parser.add_argument(
-        "--decoder", choices=("greedy", "beam"), default="greedy", help="how finals are decoded"
+        "--decoder", choices=DECODERS, default="auto", help="how finals are decoded (default: the server's)"
     )
     parser.add_argument("--beam", type=int, default=d.beam, help="beam width (default %(default)s)")
     parser.add_argument("--lm-weight", type=float, default=d.lm_weight, help="word LM weight")
@@ -535,6 +563,12 @@ def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lexicon-words", type=int, default=EngineOptions().lexicon_words, help="words in the lexicon"
     )
+    parser.add_argument(
+        "--keyterm-bonus", type=float, default=d.keyterm_bonus, help="bonus per matched keyterm unit"
+    )
+    parser.add_argument(
+        "--keyterm-logp", type=float, default=d.keyterm_logp, help="LM log-prob of a keyterm's words"
+    )
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -544,6 +578,8 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         word_bonus=args.word_bonus,
         oov_logp=args.oov_logp,
         split_penalty=args.split_penalty,
+        keyterm_bonus=args.keyterm_bonus,
+        keyterm_logp=args.keyterm_logp,
     )
     return EngineOptions(decoder=args.decoder, beam=beam, lexicon_words=args.lexicon_words)
 
@@ -567,10 +603,17 @@ class _TimedDecoder:
         return timed
 
     def decode(
-        self, logprobs: FloatArray, *, frame_offset: int = 0, prev_token: int | None = None
+        self,
+        logprobs: FloatArray,
+        *,
+        frame_offset: int = 0,
+        prev_token: int | None = None,
+        keyterms: KeytermTrie | None = None,
     ) -> BeamResult:
         t0 = time.thread_time()
-        result = self.inner.decode(logprobs, frame_offset=frame_offset, prev_token=prev_token)
+        result = self.inner.decode(
+            logprobs, frame_offset=frame_offset, prev_token=prev_token, keyterms=keyterms
+        )
         self.cpu += time.thread_time() - t0
         self.audio += len(logprobs) * self._frame_seconds
         return result
@@ -590,6 +633,16 @@ def bench_vad(vad: BenchVad, config: StreamingConfig) -> tuple[StreamingConfig, 
 
         return config, silero_factory()
     return config, None
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected list sizes like 0,100,1000, got {text!r}") from None
+    if not sizes or any(n < 0 for n in sizes):
+        raise argparse.ArgumentTypeError(f"expected list sizes like 0,100,1000, got {text!r}")
+    return sizes
 
 
 def _noise_arg(text: str) -> NoiseSpec:

@@ -1,4 +1,4 @@
-"""CTC prefix beam search constrained by a lexicon, scored with a unigram word LM (pure logic).
+"""CTC prefix beam search constrained by a lexicon, scored with a word LM (unigram or n-gram; pure logic).
 
     decoder = BeamDecoder(lexicon, blank_id=0, delimiter_id=5, options=BeamOptions(beam=8))
     result = decoder.decode(logprobs, frame_offset=first_frame, prev_token=carry)
@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
 
 from streamer.ctc import FloatArray
+from streamer.decoding.keyterms import KeytermTrie
 from streamer.decoding.lexicon import ROOT, Lexicon
+from streamer.decoding.lm import UnigramLM, WordLM
 
 NEG_INF = -math.inf
-_Key = tuple[int, int, tuple[int, ...], int]
-"""(word history hash, lexicon node, out-of-lexicon units, last label): paths with equal keys merge."""
+_Key = tuple[int, int, tuple[int, ...], int, int]
+"""(word history hash, lexicon node, out-of-lexicon units, last label, keyterm node): paths with equal keys
+merge."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class BeamOptions:
     word_bonus: float = 2.0
     """Added per word: balances the LM's cost of each word, so that short words are not merged away."""
     oov_logp: float = -16.0
-    """LM score (before `lm_weight`) of a word outside the lexicon."""
+    """LM score (before `lm_weight`) of a word outside the lexicon, added to the LM's own score of an
+    unknown word (0 for the lexicon's unigram model; an n-gram model's `<unk>` probability)."""
     split_penalty: float = 2.0
     """Cost of a word boundary the model did not mark with the delimiter (inf: only at delimiters)."""
     prune: float = 12.0
@@ -59,6 +64,11 @@ class BeamOptions:
     """A frame whose blank probability reaches this only extends blanks."""
     max_tokens: int = 6
     """At most this many tokens are tried per frame."""
+    keyterm_bonus: float = 1.5
+    """Added per unit of a keyterm matched so far (times the term's boost), taken back if the match
+    breaks off, kept when the whole term is matched."""
+    keyterm_logp: float = -9.0
+    """LM score (before `lm_weight`) of each word of a matched keyterm, in place of its words' own."""
 
 
 @dataclass(frozen=True)
@@ -77,18 +87,42 @@ class BeamResult:
 
 
 class _Hist:
-    """A finished word, linked to the words before it."""
+    """A finished word, linked to the words before it, and the LM state after it."""
 
-    __slots__ = ("key", "parent", "word")
+    __slots__ = ("key", "parent", "state", "word")
 
-    def __init__(self, parent: _Hist | None, word: BeamWord, key: int) -> None:
+    def __init__(self, parent: _Hist | None, word: BeamWord, key: int, state: Hashable) -> None:
         self.parent = parent
         self.word = word
         self.key = key
+        self.state = state
+
+
+@dataclass(frozen=True)
+class _Match:
+    """A keyterm being matched: its trie node, the bonus so far, and the history and LM score before it."""
+
+    node: int
+    bonus: float
+    hist: _Hist | None
+    lm: float
 
 
 class _Hyp:
-    __slots__ = ("best", "end", "hist", "last", "lm", "node", "pb", "pnb", "probs", "start", "units")
+    __slots__ = (
+        "best",
+        "end",
+        "hist",
+        "last",
+        "lm",
+        "match",
+        "node",
+        "pb",
+        "pnb",
+        "probs",
+        "start",
+        "units",
+    )
 
     def __init__(
         self,
@@ -102,6 +136,7 @@ class _Hyp:
         start: int,
         end: int,
         last: int,
+        match: _Match | None = None,
     ) -> None:
         self.pb = pb
         self.pnb = pnb
@@ -113,6 +148,7 @@ class _Hyp:
         self.start = start
         self.end = end
         self.last = last  # last label emitted (a unit, the delimiter, or -1)
+        self.match = match  # the keyterm being matched, if any
         self.best = NEG_INF  # the largest single contribution merged in: whose metadata is kept
 
 
@@ -127,7 +163,13 @@ def _lae(a: float, b: float) -> float:
 
 
 class BeamDecoder:
-    """Lexicon + unigram LM prefix beam search; `decode(logprobs, frame_offset=0, prev_token=None)`."""
+    """Lexicon + word LM prefix beam search; `decode(logprobs, frame_offset=0, prev_token=None)`.
+
+    `lm`: a `streamer.decoding.lm.WordLM` that knows the lexicon's words by `lexicon.keys` (e.g. an
+    n-gram `ArpaLM`); None: the lexicon's own unigram log-probabilities. Paths merge only where their
+    word histories are equal (the history's hash is in the key), so the LM state, a function of the
+    history, never needs to be part of the key: merging on the LM state alone (n-1 words) would add up
+    the probabilities of different transcripts, and for the unigram model merge every history."""
 
     def __init__(
         self,
@@ -137,6 +179,7 @@ class BeamDecoder:
         delimiter_id: int | None,
         options: BeamOptions | None = None,
         ignore: frozenset[int] = frozenset(),
+        lm: WordLM | None = None,
     ) -> None:
         self.lexicon = lexicon
         self.blank_id = blank_id
@@ -144,6 +187,11 @@ class BeamDecoder:
         self.options = options or BeamOptions()
         self._ignore = ignore  # tokens never tried (special symbols)
         self._skip = math.log(self.options.blank_skip)
+        # Lexicon word i is LM word _lm_ids[i]; None: the unigram model over the lexicon, ids are indices.
+        self.lm: WordLM = lm if lm is not None else UnigramLM(lexicon.keys, lexicon.logp)
+        self._lm_ids: list[int] | None = None if lm is None else []
+        self._lm_start = self.lm.start()
+        self._unk_unigram = self.lm.unigram(-1)
 
     # ---- scoring ---------------------------------------------------------------------------------------
 
@@ -152,7 +200,7 @@ class BeamDecoder:
         if node == ROOT:
             return 0.0
         if node < 0:
-            return o.lm_weight * o.oov_logp + o.word_bonus
+            return o.lm_weight * (self._unk_unigram + o.oov_logp) + o.word_bonus
         return o.lm_weight * self.lexicon.lookahead[node] + o.word_bonus
 
     def _finish(self, h: _Hyp) -> tuple[_Hist | None, float]:
@@ -161,27 +209,121 @@ class BeamDecoder:
             return h.hist, h.lm
         o = self.options
         index = self.lexicon.word[h.node] if h.node > 0 else -1
+        state = h.hist.state if h.hist else self._lm_start
         if index >= 0:
             text: str | None = self.lexicon.words[index]
-            lm = h.lm + o.lm_weight * self.lexicon.logp[index] + o.word_bonus
+            logp, state = self.lm.score(state, self._lm_id(index))
+            lm = h.lm + o.lm_weight * logp + o.word_bonus
             key = hash((h.hist.key if h.hist else 0, index))
         else:
             text = None
-            lm = h.lm + o.lm_weight * o.oov_logp + o.word_bonus
+            logp, state = self.lm.score(state, -1)
+            lm = h.lm + o.lm_weight * (logp + o.oov_logp) + o.word_bonus
             key = hash((h.hist.key if h.hist else 0, h.units))
         conf = sum(h.probs) / len(h.probs)
-        return _Hist(h.hist, BeamWord(text, h.units, h.start, h.end, conf), key), lm
+        return _Hist(h.hist, BeamWord(text, h.units, h.start, h.end, conf), key, state), lm
+
+    def _lm_id(self, index: int) -> int:
+        """The LM's id of lexicon word `index` (looked up once; the lexicon may grow after construction)."""
+        ids = self._lm_ids
+        if ids is None:
+            return index
+        while len(ids) <= index:
+            ids.append(self.lm.word_id(self.lexicon.keys[len(ids)]))
+        return ids[index]
+
+    # ---- keyterms --------------------------------------------------------------------------------------
+
+    def _step(
+        self,
+        trie: KeytermTrie | None,
+        match: _Match | None,
+        tok: int,
+        word_start: bool,
+        hist: _Hist | None,
+        lm: float,
+    ) -> _Match | None:
+        """The keyterm match after unit `tok`: the current one extended, else (at a word start) a new one
+        from `hist`/`lm` (the history before the word), else none (a broken match's bonus is gone)."""
+        if trie is None:
+            return None
+        gain = self.options.keyterm_bonus
+        if match is not None:
+            nxt = trie.children[match.node].get(tok)
+            if nxt is not None:
+                return _Match(nxt, match.bonus + gain * trie.gain[nxt], match.hist, match.lm)
+        if word_start:
+            nxt = trie.children[0].get(tok)
+            if nxt is not None:
+                return _Match(nxt, gain * trie.gain[nxt], hist, lm)
+        return None
+
+    def _complete(
+        self, trie: KeytermTrie, match: _Match, hist: _Hist | None
+    ) -> tuple[_Hist | None, float] | None:
+        """A word closed with `hist` while `match` stood on a term's end: the history with the term's
+        spelling in place of the words it covers, and the LM score with the term's (None: no term ends)."""
+        index = trie.term[match.node]
+        if index < 0:
+            return None
+        term = trie.terms[index]
+        covered: list[BeamWord] = []
+        h = hist
+        while h is not None and h is not match.hist:
+            covered.append(h.word)
+            h = h.parent
+        covered.reverse()
+        texts = term.text.split()
+        if not covered:
+            return None
+        if len(covered) == len(texts):
+            words = [
+                BeamWord(t, w.tokens, w.start_frame, w.end_frame, w.confidence)
+                for t, w in zip(texts, covered, strict=True)
+            ]
+        else:
+            words = _spread(texts, covered)
+        o = self.options
+        out = match.hist
+        for i, word in enumerate(words):
+            # The LM hears the term's words (its context for what follows) but does not score them.
+            _, state = self.lm.score(out.state if out else self._lm_start, self.lm.word_id(word.text or ""))
+            out = _Hist(out, word, hash((out.key if out else 0, "keyterm", index, i)), state)
+        lm = match.lm + match.bonus + len(words) * (o.lm_weight * o.keyterm_logp + o.word_bonus)
+        return out, lm
+
+    def _close(self, h: _Hyp, trie: KeytermTrie | None) -> list[tuple[_Hist | None, float, _Match | None]]:
+        """Ways the current word of `h` closes: (history, LM score, keyterm match going on). A match on a
+        term's end completes; one that can go on into the next word also carries on (both are kept)."""
+        hist, lm = self._finish(h)
+        match = h.match
+        if match is None or trie is None:
+            return [(hist, lm, None)]
+        out: list[tuple[_Hist | None, float, _Match | None]] = []
+        done = self._complete(trie, match, hist)
+        if done is not None:
+            out.append((done[0], done[1], None))
+        if trie.children[match.node]:
+            out.append((hist, lm, match))
+        return out or [(hist, lm, None)]
 
     # ---- search ----------------------------------------------------------------------------------------
 
     def decode(
-        self, logprobs: FloatArray, *, frame_offset: int = 0, prev_token: int | None = None
+        self,
+        logprobs: FloatArray,
+        *,
+        frame_offset: int = 0,
+        prev_token: int | None = None,
+        keyterms: KeytermTrie | None = None,
     ) -> BeamResult:
-        """Words of `logprobs` (frames x vocabulary, natural-log probabilities); see the module docstring."""
+        """Words of `logprobs` (frames x vocabulary, natural-log probabilities); see the module docstring.
+        `keyterms`: terms to favour (`streamer.decoding.keyterms`)."""
         blank = self.blank_id
         split = self.options.split_penalty < math.inf
         if len(logprobs) == 0:
             return BeamResult([], blank if prev_token is None else prev_token)
+        trie = keyterms if keyterms else None
         o = self.options
         delim = self.delimiter_id
         children = self.lexicon.children
@@ -190,7 +332,7 @@ class BeamDecoder:
         carry = -1 if prev_token is None or prev_token == blank else prev_token
         start_pnb = 0.0 if carry >= 0 else NEG_INF
         hyps: dict[_Key, _Hyp] = {
-            (0, ROOT, (), carry): _Hyp(
+            (0, ROOT, (), carry, 0): _Hyp(
                 0.0 if carry < 0 else NEG_INF, start_pnb, 0.0, None, ROOT, (), (), 0, 0, carry
             )
         }
@@ -239,45 +381,62 @@ class BeamDecoder:
                     p = float(probs_all[t, tok])
                     f = frame_offset + t
                     if tok == delim:
-                        hist, lm = self._finish(h)
-                        add(
-                            (hist.key if hist else 0, ROOT, (), tok),
-                            NEG_INF,
-                            base,
-                            _Hyp(0, 0, lm, hist, ROOT, (), (), f, f, tok),
-                        )
+                        for hist, lm, match in self._close(h, trie):
+                            add(
+                                (hist.key if hist else 0, ROOT, (), tok, match.node if match else 0),
+                                NEG_INF,
+                                base,
+                                _Hyp(0, 0, lm, hist, ROOT, (), (), f, f, tok, match),
+                            )
                         continue
                     node = h.node
                     child = children[node].get(tok) if node >= 0 else None
+                    word_start = not h.units
+                    match = self._step(trie, h.match, tok, word_start, h.hist, h.lm)
+                    mnode = match.node if match else 0
                     if child is not None:
                         units = (*h.units, tok)
                         start = h.start if h.units else f
                         add(
-                            (hist_key, child, (), tok),
+                            (hist_key, child, (), tok, mnode),
                             NEG_INF,
                             base,
-                            _Hyp(0, 0, h.lm, h.hist, child, units, (*h.probs, p), start, f + 1, tok),
+                            _Hyp(0, 0, h.lm, h.hist, child, units, (*h.probs, p), start, f + 1, tok, match),
                         )
                     if node > 0 and lex_word[node] >= 0 and split:
                         # a complete word, then a new one without a delimiter between them
-                        hist, lm = self._finish(h)
-                        lm -= o.split_penalty
                         n2 = children[ROOT].get(tok, -1)
-                        k: _Key = (hist.key if hist else 0, n2, () if n2 >= 0 else (tok,), tok)
-                        add(k, NEG_INF, base, _Hyp(0, 0, lm, hist, n2, (tok,), (p,), f, f + 1, tok))
+                        for hist, lm, going in self._close(h, trie):
+                            lm -= o.split_penalty
+                            m2 = self._step(trie, going, tok, True, hist, lm)
+                            k: _Key = (
+                                hist.key if hist else 0,
+                                n2,
+                                () if n2 >= 0 else (tok,),
+                                tok,
+                                m2.node if m2 else 0,
+                            )
+                            add(k, NEG_INF, base, _Hyp(0, 0, lm, hist, n2, (tok,), (p,), f, f + 1, tok, m2))
                     if child is None:
                         # leaves the lexicon: an out-of-lexicon word, spelled by the caller
                         units = (*h.units, tok)
                         start = h.start if h.units else f
                         add(
-                            (hist_key, -1, units, tok),
+                            (hist_key, -1, units, tok, mnode),
                             NEG_INF,
                             base,
-                            _Hyp(0, 0, h.lm, h.hist, -1, units, (*h.probs, p), start, f + 1, tok),
+                            _Hyp(0, 0, h.lm, h.hist, -1, units, (*h.probs, p), start, f + 1, tok, match),
                         )
             scored = sorted(
                 (
-                    (_lae(x.pb, x.pnb) + x.lm + self._partial(x.node), i, x)
+                    (
+                        _lae(x.pb, x.pnb)
+                        + x.lm
+                        + self._partial(x.node)
+                        + (x.match.bonus if x.match else 0.0),
+                        i,
+                        x,
+                    )
                     for i, x in enumerate(nxt.values())
                 ),
                 reverse=True,
@@ -285,13 +444,15 @@ class BeamDecoder:
             floor = scored[0][0] - o.prune
             kept = [x for score, _, x in scored[: o.beam] if score >= floor]
             hyps = {_key(x): x for x in kept}
-        # End of input: close every hypothesis's word and take the best.
+        # End of input: close every hypothesis's word and take the best; a keyterm matched only in part
+        # adds nothing.
         best_score, best_hist, best_hyp = NEG_INF, None, None
         for h in hyps.values():
-            hist, lm = self._finish(h)
-            score = _lae(h.pb, h.pnb) + lm
-            if score > best_score:
-                best_score, best_hist, best_hyp = score, hist, h
+            for hist, lm, _ in self._close(h, trie):
+                end = self.lm.end(hist.state if hist else self._lm_start)
+                score = _lae(h.pb, h.pnb) + lm + o.lm_weight * end
+                if score > best_score:
+                    best_score, best_hist, best_hyp = score, hist, h
         words: list[BeamWord] = []
         while best_hist is not None:
             words.append(best_hist.word)
@@ -300,6 +461,22 @@ class BeamDecoder:
         assert best_hyp is not None
         last_token = best_hyp.last if best_hyp.pnb > best_hyp.pb and best_hyp.last >= 0 else blank
         return BeamResult(words, last_token)
+
+
+def _spread(texts: list[str], covered: list[BeamWord]) -> list[BeamWord]:
+    """A term's words over the frames of the words it matched, split in proportion to their letters."""
+    start, end = covered[0].start_frame, covered[-1].end_frame
+    tokens = tuple(u for w in covered for u in w.tokens)
+    conf = sum(w.confidence for w in covered) / len(covered)
+    total = sum(len(t) for t in texts)
+    out: list[BeamWord] = []
+    at, done = start, 0
+    for i, text in enumerate(texts):
+        done += len(text)
+        stop = end if i == len(texts) - 1 else start + round((end - start) * done / total)
+        out.append(BeamWord(text, tokens if len(texts) == 1 else (), at, max(stop, at), conf))
+        at = max(stop, at)
+    return out
 
 
 def _merge(nxt: dict[_Key, _Hyp], key: _Key, pb: float, pnb: float, make: _Hyp) -> None:
@@ -316,11 +493,18 @@ def _merge(nxt: dict[_Key, _Hyp], key: _Key, pb: float, pnb: float, make: _Hyp) 
         cur.best = score
         cur.hist, cur.lm, cur.units, cur.probs = make.hist, make.lm, make.units, make.probs
         cur.start, cur.end, cur.node, cur.last = make.start, make.end, make.node, make.last
+        cur.match = make.match
 
 
 def _copy(h: _Hyp) -> _Hyp:
-    return _Hyp(h.pb, h.pnb, h.lm, h.hist, h.node, h.units, h.probs, h.start, h.end, h.last)
+    return _Hyp(h.pb, h.pnb, h.lm, h.hist, h.node, h.units, h.probs, h.start, h.end, h.last, h.match)
 
 
 def _key(h: _Hyp) -> _Key:
-    return (h.hist.key if h.hist else 0, h.node, h.units if h.node < 0 else (), h.last)
+    return (
+        h.hist.key if h.hist else 0,
+        h.node,
+        h.units if h.node < 0 else (),
+        h.last,
+        h.match.node if h.match else 0,
+    )

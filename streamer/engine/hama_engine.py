@@ -27,6 +27,7 @@ import numpy as np
 from streamer.ctc import greedy_words
 from streamer.decoding import WordDecoder
 from streamer.engine.base import FloatArray
+from streamer.engine.hama_lexicon import HamaPronouncer
 
 # hama's own decoder lowers the blank score by 0.1 before the argmax; keeping it keeps its accuracy.
 BLANK_BIAS = -0.1
@@ -73,6 +74,8 @@ class HamaEngine:
         self._cache_lock = threading.Lock()
         self.final_decoder: WordDecoder | None = None
         """Decoder for finals (`streamer.decoding.final_decoder`); None: greedy. Set by `load_engine`."""
+        self.pronounce = HamaPronouncer(tokens)
+        """A word's pronunciations in this model's units (G2P), for keyterms."""
         self.spell_calls = 0
         """Words actually converted by P2G (cache misses), for the benchmarks."""
 

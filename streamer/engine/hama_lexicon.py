@@ -3,9 +3,10 @@
 `load_hama_lexicon(vocabulary, words=N)` returns a `streamer.decoding.Lexicon` of the N most frequent
 English words, as sequences of the acoustic model's phoneme ids, with log10 word frequencies.
 Pronunciations are cached in the user's cache folder (`$XDG_CACHE_HOME/streamer`, else `~/.cache/streamer`,
-or `STREAMER_CACHE_DIR`), one file per hama version: the first build runs G2P word by word (~16 ms a word
-on one core, progress on stderr) and appends as it goes, so an interrupted build resumes and a larger N only
-converts the words it lacks; afterwards loading takes a fraction of a second. Progress is logged
+or `STREAMER_CACHE_DIR`), one file per hama version: the first build runs G2P word by word (~17 ms a word
+on one core, in one process per core up to 8, progress logged) and appends as it goes, so an interrupted
+build resumes and a larger N only converts the words it lacks; afterwards loading takes a fraction of a
+second. Progress is logged
 (`logging`, this module's logger).
 `python -m streamer.engine.hama_lexicon --words N` builds the cache ahead of time.
 """
@@ -14,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamer.decoding import BeamDecoder, BeamOptions, Lexicon
 
@@ -84,23 +88,65 @@ def pronunciations(
     known = _read_cache(path)
     todo = [w for w in words if w not in known]
     if todo:
+        workers = _build_workers(len(todo))
+        log.warning(
+            "lexicon: converting %d words with G2P once (%d processes, about %.0f s); cache %s",
+            len(todo),
+            workers,
+            len(todo) * G2P_SECONDS_PER_WORD / workers,
+            path,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+        done = 0
+        with path.open("a", encoding="utf-8") as f:
+            # G2P runs one word at a time on one core: a few processes convert chunks side by side, and
+            # each finished chunk is appended at once, so an interrupted build resumes where it stopped.
+            for chunk in _convert_chunks(chunks, workers):
+                for word, phones in chunk:
+                    known[word] = phones
+                    f.write(f"{word}\t{' '.join(phones)}\n")
+                f.flush()
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(todo))
+    return {w: known[w] for w in words}
+
+
+G2P_SECONDS_PER_WORD = 0.017
+"""Measured on one core of our CI machines; for the build's time estimate."""
+_CHUNK = 500
+
+
+def _build_workers(todo: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8, -(-todo // _CHUNK)))
+
+
+def _g2p_chunk(words: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """G2P of each word in a worker process (the model is loaded once per process)."""
+    global _WORKER_G2P
+    if _WORKER_G2P is None:
         import hama  # deferred: importing it loads the runtime library
 
-        log.warning("lexicon: converting %d words with G2P once (minutes); cache %s", len(todo), path)
-        g2p = hama.G2PModel()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for i, word in enumerate(todo):
-                # Alignments hold one unit per phoneme token; spaces split letters read one by one.
-                phones = tuple(a.phoneme for a in g2p.predict(word).alignments if a.phoneme.strip())
-                known[word] = phones
-                f.write(f"{word}\t{' '.join(phones)}\n")
-                if progress is not None and (i + 1) % 500 == 0:
-                    f.flush()
-                    progress(i + 1, len(todo))
-        if progress is not None:
-            progress(len(todo), len(todo))
-    return {w: known[w] for w in words}
+        _WORKER_G2P = hama.G2PModel()
+    # Alignments hold one unit per phoneme token; spaces split letters read one by one.
+    return [
+        (w, tuple(a.phoneme for a in _WORKER_G2P.predict(w).alignments if a.phoneme.strip())) for w in words
+    ]
+
+
+_WORKER_G2P: Any = None
+
+
+def _convert_chunks(chunks: list[list[str]], workers: int) -> Iterator[list[tuple[str, tuple[str, ...]]]]:
+    if workers == 1:
+        yield from map(_g2p_chunk, chunks)
+        return
+    # spawn, not fork: the server process may hold threads (torch, the batcher) that fork would break.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_g2p_chunk, chunks)
 
 
 def _log_progress(done: int, todo: int) -> None:
@@ -134,6 +180,80 @@ def load_hama_lexicon(
         lexicon.skipped,
     )
     return lexicon
+
+
+_PARTS = re.compile(r"[A-Z]?[a-z']+|[A-Z]+(?![a-z])|[a-z']+")
+
+
+def _spellings(word: str) -> list[list[str]]:
+    """Ways to read `word` as G2P input, each a list of pieces: the word, its CamelCase or hyphenated
+    parts, and the word without apostrophes and hyphens."""
+    out = [[word]]
+    parts = _PARTS.findall(word)
+    if len(parts) > 1:
+        out.append(parts)
+    plain = re.sub(r"['\-]", "", word)
+    if plain != word and plain:
+        out.append([plain])
+    return out
+
+
+class HamaPronouncer:
+    """`pronounce(word)`: the word's pronunciations in the acoustic model's unit ids, by hama's G2P (from
+    the lexicon cache where the word is there; thread-safe). A word G2P reads only as unknown units (it
+    spells unknown words letter by letter) is tried in two halves. Empty: no way to spell it."""
+
+    def __init__(self, vocabulary: Sequence[str]) -> None:
+        self._ids = {t: i for i, t in enumerate(vocabulary)}
+        self._lock = threading.Lock()
+        self._g2p: Any = None
+        self._cache: dict[str, tuple[str, ...]] | None = None
+        self._english: frozenset[str] = frozenset()
+        """Units English words use (those of the cached lexicon): the inventory has other languages'."""
+
+    def _phonemes(self, piece: str) -> tuple[str, ...]:
+        key = piece.lower()
+        with self._lock:
+            if self._cache is None:
+                self._cache = _read_cache(_cache_file())
+                self._english = frozenset(p for phones in self._cache.values() for p in phones)
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            if self._g2p is None:
+                import hama
+
+                self._g2p = hama.G2PModel()
+            result = self._g2p.predict(key)
+            # A space inside one word's output: G2P read it letter by letter (unknown to it). No use.
+            spaced = any(not a.phoneme.strip() for a in result.alignments)
+            phones = () if spaced else tuple(a.phoneme for a in result.alignments)
+            self._cache[key] = phones
+            return phones
+
+    def _units(self, pieces: Sequence[str]) -> tuple[int, ...] | None:
+        out: list[int] = []
+        for piece in pieces:
+            phones = self._phonemes(piece)
+            units = [self._ids.get(p) for p in phones]
+            if not phones or any(u is None for u in units) or not self._english.issuperset(phones):
+                return None
+            out.extend(u for u in units if u is not None)
+        return tuple(out)
+
+    def __call__(self, word: str) -> list[tuple[int, ...]]:
+        found: list[tuple[int, ...]] = []
+        for pieces in _spellings(word):
+            units = self._units(pieces)
+            if units is not None and units not in found:
+                found.append(units)
+        if not found and len(word) >= 6:
+            for cut in range(len(word) // 2, len(word) - 2):
+                units = self._units([word[:cut], word[cut:]])
+                if units is not None:
+                    found.append(units)
+                    break
+        return found
 
 
 def beam_decoder(engine: HamaEngine, options: BeamOptions, words: int = DEFAULT_WORDS) -> BeamDecoder:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from streamer import SAMPLE_RATE
+from streamer.decoding import WordDecoder
 from streamer.engine.base import FloatArray, conv_num_frames, receptive_field
 from streamer.engine.batching import AUTO_BATCH_LIMIT, length_groups, pick_max_batch, time_batch_sizes
 from streamer.errors import ConfigError, EngineError, ModelLoadError
@@ -150,6 +151,8 @@ class TransformersCTCEngine:
     word_delimiter_id: int | None
     max_batch: int
     concurrency = 1  # torch already spreads one call over every core (or the GPU)
+    final_decoder: WordDecoder | None = None
+    """Decoder for finals (`streamer.decoding.final_decoder`); None: greedy. Set by `load_engine`."""
 
     def __init__(
         self,
@@ -554,10 +557,14 @@ def _load_processor(transformers: Any, source: str, model: str, common: dict[str
     """(feature_extractor, tokenizer) from AutoProcessor, else AutoFeatureExtractor + AutoTokenizer."""
     feature_extractor: Any = None
     tokenizer: Any = None
+    # A checkpoint with a language_model/ has Wav2Vec2ProcessorWithLM, which would load the n-gram model
+    # through pyctcdecode a second time (gigabytes for a real one): its two parts are loaded on their own.
+    with_lm = (Path(source) / "language_model").is_dir()
     try:
-        processor = transformers.AutoProcessor.from_pretrained(source, **common)
-        feature_extractor = getattr(processor, "feature_extractor", None)
-        tokenizer = getattr(processor, "tokenizer", None)
+        if not with_lm:
+            processor = transformers.AutoProcessor.from_pretrained(source, **common)
+            feature_extractor = getattr(processor, "feature_extractor", None)
+            tokenizer = getattr(processor, "tokenizer", None)
     except Exception as exc:  # no processor config, or an unusual one: the two parts may still load
         logger.debug("%s: AutoProcessor failed (%s); trying feature extractor and tokenizer", model, exc)
     try:

@@ -17,12 +17,13 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from streamer import SAMPLE_RATE
+from streamer.decoding.keyterms import Keyterm, KeytermError, check_keyterms, parse_keyterm
 from streamer.errors import ENGINE_FAILURE_TEXT, StreamerError
 from streamer.protocol import (
     ListenParams,
@@ -41,6 +42,7 @@ from streamer.server.ingress.base import (
     Flush,
     Inbound,
     ProtocolError,
+    Reconfigure,
     Reply,
     Start,
     StreamInfo,
@@ -110,6 +112,8 @@ class LiveStream:
         self._watch_keys: list[str] = []
         self._callback: str | None = None
         self._webhook: WebhookQueue | None = None
+        self._keyterms: tuple[Keyterm, ...] = ()
+        """The stream's own keyterms in effect (the server's come on top)."""
         if accepted.params is not None:
             self._start(accepted.params)
 
@@ -124,6 +128,8 @@ class LiveStream:
         state = self.state
         if params.callback is not None:
             state.webhooks.check_url(params.callback)
+        # A platform's start message was parsed without the server's keyterm limits at hand.
+        check_keyterms(params.keyterms, state.config.keyterm_limits)
         self.model = state.models[params.model]
         self.params = params
         self.stream = TimedStream(
@@ -266,6 +272,8 @@ class LiveStream:
         too_long = End(
             "max_duration", f"maximum stream duration of {limits.max_stream_duration_s:g} s reached"
         )
+        if self.params is not None:
+            await self._use_keyterms(self.params.keyterms)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -282,14 +290,49 @@ class LiveStream:
                 return End("client_closed")
             fed = False
             for item in self._decode(frame):
+                if isinstance(item, Reconfigure):
+                    await self._reconfigure(item)
+                    continue
                 end = self._apply(item)
                 if end is not None:
                     return end
+                if isinstance(item, Start) and self.params is not None:
+                    await self._use_keyterms(self.params.keyterms)
                 fed = fed or isinstance(item, Audio)
             if fed:
                 end = await self._backpressure()
                 if end is not None:
                     return end
+
+    async def _use_keyterms(self, terms: Sequence[Keyterm]) -> None:
+        """Finals from now on favour `terms` and the server's own for the model. Compiling them may run
+        G2P (milliseconds per new word), so it runs on a thread; audio waits in the socket meanwhile."""
+        compiler = self.model.keyterms
+        if self.stream is None or (not terms and not compiler.defaults and not self._keyterms):
+            return
+        trie = await asyncio.to_thread(compiler.compile, terms)
+        self.stream.set_keyterms(compiler.decoder, trie)
+        self._keyterms = tuple(terms)
+        if trie is not None:
+            log.info(
+                "stream %s: %d keyterms%s",
+                self.id,
+                len(trie),
+                f"; cannot be spelled in the model's units: {', '.join(trie.skipped)}"
+                if trie.skipped
+                else "",
+            )
+
+    async def _reconfigure(self, item: Reconfigure) -> None:
+        """Replace the stream's keyterms (the server's stay) and answer; over the limits, keep the old."""
+        try:
+            terms = [parse_keyterm(t, with_boost=False) for t in item.keyterms]
+            check_keyterms(terms, self.model.keyterms.limits, "keyterms")
+        except KeytermError as exc:
+            self._send_optional(self.dialect.configured([t.text for t in self._keyterms], str(exc)))
+            return
+        await self._use_keyterms(terms)
+        self._send_optional(self.dialect.configured([t.text for t in terms], None))
 
     def _apply(self, item: Inbound) -> End | None:
         """Act on one inbound item; an End when it ends the stream."""

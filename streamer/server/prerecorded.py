@@ -103,6 +103,9 @@ async def _transcribe(
         params.streaming_config(state.config.streaming), interim_results=False, utterance_end_ms=None
     )
     stream = Stream(model.engine, config, fmt, model.detector_factory())
+    if params.keyterms or model.keyterms.defaults:
+        trie = await asyncio.to_thread(model.keyterms.compile, params.keyterms)
+        stream.set_keyterms(model.keyterms.decoder, trie)
     finals: list[list[Transcript]] = [[] for _ in range(fmt.output_channels)]
 
     def collect(event: Event) -> None:
@@ -142,7 +145,7 @@ async def listen_post(request: web.Request) -> web.Response:
     try:
         admit(state, request)
         key = authorize(state.config.api_keys, request)
-        params = parse_listen_params(request.query, state.model_names)
+        params = parse_listen_params(request.query, state.model_names, state.config.keyterm_limits)
         if params.callback is not None:
             state.webhooks.check_url(params.callback)
         state.reserve("prerecorded", params.model, key)

@@ -23,6 +23,7 @@ from aiohttp import web
 from streamer import __version__
 from streamer.batcher import Batcher
 from streamer.config import DetectorKind, ModelSpec, ServerConfig
+from streamer.decoding import KeytermCompiler, keyterm_compiler
 from streamer.engine import Engine, load_engine
 from streamer.errors import ConfigError, OverloadError
 from streamer.load import LoadTracker
@@ -52,6 +53,8 @@ class ServedModel:
     batcher: Batcher
     identity: ModelIdentity
     vad: DetectorKind
+    keyterms: KeytermCompiler
+    """Compiles a stream's keyterms (plus the server's for this model) for its final decoder."""
     _detectors: Callable[[], SpeechDetector] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +87,7 @@ def load_engines(config: ServerConfig) -> dict[str, Engine]:
     try:
         for spec in config.models:
             log.info("loading model %s from %s", spec.name, spec.spec)
-            engines[spec.name] = load_engine(spec.spec, config.engine)
+            engines[spec.name] = load_engine(spec.spec, config.engine.for_model(spec.name))
     except BaseException:
         for engine in engines.values():
             engine.close()
@@ -122,6 +125,21 @@ async def _wait_all(jobs: Sequence[Job], timeout: float) -> None:
         waiter.cancel()
 
 
+def _keyterm_compiler(engine: Engine, config: ServerConfig, model: str) -> KeytermCompiler:
+    compiler = keyterm_compiler(engine, config.keyterm_limits)
+    compiler.defaults = tuple(t for m, t in config.keyterms if m in (model, "*"))
+    if compiler.defaults:
+        trie = compiler.compile(())  # pronounces them now, once
+        skipped = trie.skipped if trie is not None else []
+        log.info(
+            "model %s: %d server keyterms%s",
+            model,
+            len(compiler.defaults),
+            f" ({len(skipped)} cannot be spelled in its units: {', '.join(skipped)})" if skipped else "",
+        )
+    return compiler
+
+
 class ServerState:
     """Per-app state: models, metrics, live streams and the capacity counter."""
 
@@ -148,6 +166,7 @@ class ServerState:
                     ModelInfo(spec.name, __version__, _public_arch(engine.name)),
                 ),
                 vad=config.detector_kind(spec),
+                keyterms=_keyterm_compiler(engine, config, spec.name),
             )
             self.metrics.track_batcher(spec.name, self.models[spec.name].batcher.stats)
         self.model_names = [m.name for m in config.models]

@@ -13,11 +13,14 @@ authentication and parameters, raising a `StreamerError` to refuse with an HTTP 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from multidict import MultiDict
+
 from streamer.audio import Encoding
+from streamer.decoding.keyterms import KeytermLimits
 from streamer.errors import RequestError
 from streamer.protocol import (
     STREAM_OPTIONS,
@@ -73,7 +76,14 @@ class ProtocolError:
     detail: str
 
 
-Inbound = Audio | Start | Flush | EndOfAudio | Reply | ProtocolError
+@dataclass(frozen=True)
+class Reconfigure:
+    """Replace the stream's keyterms (Deepgram's Configure); the dialect's `configured` says the answer."""
+
+    keyterms: tuple[str, ...]
+
+
+Inbound = Audio | Start | Flush | EndOfAudio | Reply | ProtocolError | Reconfigure
 
 
 def json_object(text: str, what: str = "a message") -> dict[str, Any] | ProtocolError:
@@ -139,6 +149,10 @@ class Dialect:
         """The message before the close that an engine failure causes, or None."""
         return None
 
+    def configured(self, keyterms: Sequence[str], failure: str | None) -> str | None:
+        """The answer to a `Reconfigure`: `keyterms` now in effect, or why the new ones were refused."""
+        return None
+
     def rejected(self, detail: str) -> str | None:
         """The message before the close that a protocol error (`detail`) causes, or None."""
         return None
@@ -174,15 +188,22 @@ def stream_params(
     sample_rate: int,
     channels: int = 1,
     source: str = "options",
+    keyterm_limits: KeytermLimits | None = None,
 ) -> ListenParams:
     """Stream parameters from a platform's own options (only `STREAM_OPTIONS` are read; booleans as
-    JSON gives them are fine) and the audio format its protocol fixes. Raises RequestError naming
-    `source` and the parameter."""
-    query = {
-        k: str(v).lower() if isinstance(v, bool) else str(v)
-        for k, v in options.items()
-        if k in STREAM_OPTIONS
-    }
+    JSON gives them are fine; `keyterm` and `keywords` may be lists, or several terms separated by
+    commas where a platform passes only strings) and the audio format its protocol fixes. Raises
+    RequestError naming `source` and the parameter."""
+    query: MultiDict[str] = MultiDict()
+    for k, v in options.items():
+        if k not in STREAM_OPTIONS:
+            continue
+        if k in ("keyterm", "keywords"):
+            for term in v if isinstance(v, list) else str(v).split(","):
+                if str(term).strip():
+                    query.add(k, str(term).strip())
+        else:
+            query[k] = str(v).lower() if isinstance(v, bool) else str(v)
     query.update(
         encoding=encoding,
         sample_rate=str(sample_rate),
@@ -190,7 +211,7 @@ def stream_params(
         multichannel="true" if channels > 1 else "false",
     )
     try:
-        return parse_listen_params(query, served_models)
+        return parse_listen_params(query, served_models, keyterm_limits)
     except ParamError as exc:
         raise RequestError(f"{source}: {exc}", exc.param) from None
 

@@ -41,6 +41,7 @@ from streamer.server.ingress.base import (
     Flush,
     Inbound,
     ProtocolError,
+    Reconfigure,
     Reply,
     StreamInfo,
 )
@@ -73,7 +74,9 @@ class DeepgramDialect(Dialect):
         if isinstance(control, Finalize):
             return [Flush()]
         if isinstance(control, Configure):
-            return [Reply(configure_reply(control, self.request_id))]
+            if control.keyterms is not None:
+                return [Reconfigure(control.keyterms)]
+            return [Reply(configure_reply(self.request_id))]
         return []  # KeepAlive: receiving it already reset the idle timer
 
     def outbound(self, event: Event, info: StreamInfo) -> str | None:
@@ -96,6 +99,9 @@ class DeepgramDialect(Dialect):
     def failed(self, detail: str) -> str | None:
         return error_message(detail, "ENGINE_FAILURE")
 
+    def configured(self, keyterms: Sequence[str], failure: str | None) -> str | None:
+        return configure_reply(self.request_id, keyterms, failure)
+
 
 def accept(state: ServerState, request: web.Request, request_id: str) -> Accepted:
     """API key, then query parameters (a resumed stream's come from its token); raises AuthError,
@@ -107,7 +113,7 @@ def accept(state: ServerState, request: web.Request, request_id: str) -> Accepte
         resume = state.resume.open(query["resume"], key, query.get("resume_from"))
         _check_same_params(query, resume.query)
         query = MultiDict(resume.query)
-    params = parse_listen_params(query, state.model_names)
+    params = parse_listen_params(query, state.model_names, state.config.keyterm_limits)
     if resume is not None and len(resume.start.final_through) != params.output_channels:
         raise ResumeError("the resume token is malformed")
     final_through: Sequence[int] = (
