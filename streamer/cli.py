@@ -33,6 +33,7 @@ from streamer.decoding.keyterms import Keyterm, KeytermError, KeytermLimits, che
 from streamer.engine import DECODERS, EngineOptions
 from streamer.engine.batching import AUTO_BATCH_LIMIT
 from streamer.errors import ConfigError, ModelLoadError, StreamerError
+from streamer.logs import log_format
 from streamer.session import StreamingConfig
 from streamer.vad import VadConfig
 from streamer.windows import WindowPlan
@@ -68,6 +69,16 @@ _DEFAULT_PLAN = WindowPlan()
 _OPTIONS: tuple[_Option, ...] = (
     _Option("--host", "STREAMER_HOST", "127.0.0.1", "interface to listen on"),
     _Option("--port", "STREAMER_PORT", "8000", "TCP port; 0 picks a free one (the log says which)"),
+    _Option(
+        "--workers",
+        "STREAMER_WORKERS",
+        "1",
+        "server processes, or auto (one per core): each loads its own copy of every model and serves the "
+        "streams handed to it; a supervisor accepts connections, hands each to the least loaded worker and "
+        "restarts a worker that dies; stream limits, /readyz and /metrics stay server-wide (on a GPU, run "
+        "NVIDIA MPS so that the workers' kernels share it)",
+        "N",
+    ),
     _Option(
         "--api-keys-file",
         "STREAMER_API_KEYS_FILE",
@@ -645,6 +656,12 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         ),
         audiosocket_host=values.get("audiosocket_host")[1] or None,
     )
+    workers_source, workers_text = values.get("workers")
+    if (workers_text or "").strip().lower() == "auto":
+        workers = available_cores()
+    else:
+        workers = values.convert("workers", _int)
+        _check(workers >= 1, workers_source, f"must be >= 1 or auto, got {workers}")
     resume_ttl = values.convert("resume_ttl", _float)
     _check(resume_ttl > 0, values.get("resume_ttl")[0], f"must be > 0 s, got {resume_ttl:g}")
     max_keyterms = values.convert("max_keyterms", _int)
@@ -672,7 +689,15 @@ def _config_from(args: argparse.Namespace, values: _Values, env: Mapping[str, st
         vad=_vad_choice(vad_choice),
         keyterms=keyterms,
         keyterm_limits=keyterm_limits,
+        workers=workers,
     )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _for_model(text: str, models: set[str]) -> tuple[str, str]:
@@ -740,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{parser.prog}: error: {exc}\n")
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # With workers, every line names its process: "main" (the supervisor) or "w1", "w2", ...
+    logging.basicConfig(level=level, format=log_format("main" if config.workers > 1 else None))
     from streamer.server import run  # deferred: --help and bad flags need not import aiohttp
 
     try:

@@ -21,6 +21,7 @@ from streamer.session import StreamingConfig
 VadChoice = Literal["auto", "webrtc", "energy", "silero"]
 VAD_CHOICES: tuple[VadChoice, ...] = ("auto", "webrtc", "energy", "silero")
 DetectorKind = Literal["webrtc", "energy", "silero"]
+MAX_WORKERS = 256
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s]+$")
@@ -256,6 +257,9 @@ class ServerConfig:
     """Speech detector: webrtc, silero (silero-vad, a small neural network: steadier in noise, several
     times webrtc's CPU), energy (for the `fake:tone` test engine), or auto (energy for fake models,
     webrtc otherwise)."""
+    workers: int = 1
+    """Server processes (`--workers`): 1 serves in this process, as always; more start a supervisor that
+    accepts connections and hands each to the least loaded worker (`streamer.server.supervisor`)."""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -289,6 +293,8 @@ class ServerConfig:
             raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.vad not in VAD_CHOICES:
             raise ConfigError(f"vad must be one of {', '.join(VAD_CHOICES)}, got {self.vad!r}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be 1-{MAX_WORKERS}, got {self.workers}")
 
     @property
     def auth_enabled(self) -> bool:

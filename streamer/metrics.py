@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -17,7 +17,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -161,6 +161,16 @@ class Metrics:
             self.registry.register(self._engine_time)
         self._engine_time.stats[model] = stats
 
+    def track_worker(
+        self,
+        worker: str,
+        streams: Callable[[], int],
+        accepted: Callable[[], int],
+        engine_busy: Callable[[], dict[str, float]],
+    ) -> None:
+        """In a worker process: export its own view with a `worker` label (see `_WorkerView`)."""
+        self.registry.register(_WorkerView(worker, streams, accepted, engine_busy))
+
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.inference_seconds.labels(model).observe(seconds)
@@ -200,3 +210,44 @@ class _EngineTime(Collector):
             out[2].add_metric([model], s.audio_samples / 16000)
             out[3].add_metric([model], float(s.skipped))
         yield from out
+
+
+class _WorkerView(Collector):
+    """One worker's share of the server, labelled `worker` (`w1`, ...), read at every scrape. The
+    supervisor merges the workers' texts into one (`streamer.metrics_merge`), where every other family
+    is summed over the workers and these show how the streams spread:
+
+    - `streamer_worker_active_streams`: streams and requests this worker runs now;
+    - `streamer_worker_streams_total`: streams and requests it took since it started;
+    - `streamer_worker_engine_busy_ratio`: its copy of each model's busy share of the load window.
+    """
+
+    def __init__(
+        self,
+        worker: str,
+        streams: Callable[[], int],
+        accepted: Callable[[], int],
+        engine_busy: Callable[[], dict[str, float]],
+    ) -> None:
+        self.worker = worker
+        self._streams = streams
+        self._accepted = accepted
+        self._engine_busy = engine_busy
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "streamer_worker_active_streams", "Streams this worker process runs now.", labels=["worker"]
+        )
+        active.add_metric([self.worker], float(self._streams()))
+        accepted = CounterMetricFamily(
+            "streamer_worker_streams", "Streams and requests this worker process took.", labels=["worker"]
+        )
+        accepted.add_metric([self.worker], float(self._accepted()))
+        busy = GaugeMetricFamily(
+            "streamer_worker_engine_busy_ratio",
+            "Share of the load window this worker's copy of the model was busy.",
+            labels=["worker", "model"],
+        )
+        for model, fraction in self._engine_busy().items():
+            busy.add_metric([self.worker, model], fraction)
+        yield from (active, accepted, busy)

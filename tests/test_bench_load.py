@@ -239,3 +239,16 @@ def test_hogs_burn_a_core_each_until_stopped() -> None:
         time.sleep(0.6)
         assert all(cpu(p.pid) > 0.2 for p in procs)  # busy, not asleep
     assert all(p.poll() is not None for p in procs)  # stopped with the block
+
+
+def test_server_cpu_counts_the_processes_below_it() -> None:
+    """A server with --workers is a supervisor and its workers: its CPU is theirs too."""
+    import os
+    import time
+
+    before = load.read_cpu(os.getpid())
+    with Hogs(1) as hogs:
+        assert hogs.processes[0].pid in load.descendants(os.getpid())
+        time.sleep(0.6)
+        during = load.read_cpu(os.getpid())
+    assert during.total - before.total > 0.3  # the child's busy loop, not this sleeping process

@@ -15,6 +15,8 @@ BENCHMARKS = {
     "telephone": "streamer.bench.telephone",
     "vadcost": "streamer.bench.vadcost",
     "lmcompare": "streamer.bench.lmcompare",
+    "ipc": "streamer.bench.ipc",
+    "spread": "streamer.bench.spread",
     "gpu": "streamer.bench.gpu",
 }
 

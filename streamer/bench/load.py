@@ -90,7 +90,32 @@ GENERIC_FRAMES = (
     "streamer/cli.py",
 )
 """Frames every stack of a thread shares: left out of the profile summary's inclusive list."""
-CAPACITY_STEPS = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+CAPACITY_STEPS = (
+    1,
+    2,
+    4,
+    6,
+    8,
+    10,
+    12,
+    16,
+    20,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    160,
+    192,
+    256,
+    320,
+    384,
+    512,
+    640,
+    768,
+    1024,
+)
 SpanKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -118,7 +143,8 @@ class CpuTimes:
 
 
 def read_cpu(pid: int) -> CpuTimes:
-    """utime + stime of `pid` (/proc/PID/stat) and of its main thread (/proc/PID/task/PID/stat)."""
+    """utime + stime of `pid` and of every process below it (a server with `--workers` is a supervisor
+    and its worker processes), and of their main (event-loop) threads, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def stat(path: str) -> float:
@@ -126,7 +152,28 @@ def read_cpu(pid: int) -> CpuTimes:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
 
-    return CpuTimes(stat(f"/proc/{pid}/stat"), stat(f"/proc/{pid}/task/{pid}/stat"))
+    total = main = 0.0
+    for process in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            total += stat(f"/proc/{process}/stat")
+            main += stat(f"/proc/{process}/task/{process}/stat")
+    return CpuTimes(total, main)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])  # ppid, field 4
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
 
 
 def machine_busy() -> float:
@@ -562,8 +609,13 @@ class StepResult:
 
         `metric` "final" bounds the final latency as defined (from the last word's end + endpointing);
         "vad" bounds it from the VAD's endpoint instead, which leaves out how much later than the model's
-        last word the VAD hears speech end (a property of the VAD and the model, not of the load).
+        last word the VAD hears speech end (a property of the VAD and the model, not of the load);
+        "partial" bounds the partial latency (words seen live) and the final latency both.
         """
+        if metric == "partial":
+            partial = percentile(self.stats.partial, 95)
+            if math.isnan(partial) or partial > bound_s:
+                return False
         p95 = percentile(self.stats.final_vad if metric == "vad" else self.stats.final, 95)
         return not math.isnan(p95) and p95 <= bound_s and self.stats.behind == 0 and self.stats.dropped == 0
 
@@ -729,10 +781,12 @@ async def find_capacity(
     max_streams: int = 64,
     quiet: bool = False,
     bound_metric: str = "final",
+    min_streams: int = 1,
 ) -> CapacityResult:
-    """Raise N through CAPACITY_STEPS until a step fails (`StepResult.held`), then bisect the gap.
+    """Raise N through CAPACITY_STEPS (from `min_streams` on) until a step fails (`StepResult.held`), then
+    bisect the gap (down to 0 when the first step fails).
 
-    Returns the largest N that held (0 when even one stream did not) and every step run.
+    Returns the largest N that held (0 when none did) and every step run.
     """
     steps: list[StepResult] = []
 
@@ -754,7 +808,7 @@ async def find_capacity(
         return ok
 
     held, failed = 0, None
-    for n in (s for s in CAPACITY_STEPS if s <= max_streams):
+    for n in (s for s in CAPACITY_STEPS if min_streams <= s <= max_streams):
         if await attempt(n):
             held = n
         else:
@@ -921,7 +975,9 @@ def capacity_table(result: CapacityResult, bound_s: float, bound_metric: str = "
             f"{mean_batch:>7.2f}{cpu:>6.0%}{_num(f['overhead']):>9}{step.stats.max_lag_s:>8.3f}"
             f"{step.stats.dropped:>8}{step.other_cpu_s / step.wall_s:>7.0%}  {held}"
         )
-    which = "final p95 from the VAD endpoint" if bound_metric == "vad" else "final p95"
+    which = {"vad": "final p95 from the VAD endpoint", "partial": "partial and final p95"}.get(
+        bound_metric, "final p95"
+    )
     rows.append(f"capacity: {result.capacity} stream(s) ({which} <= {bound_s:g} s, none behind or dropped)")
     rows.append("cpu: the server's, in cores; noise: CPU of other processes on the machine, in cores")
     return "\n".join(rows)
@@ -979,11 +1035,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bound", type=float, default=1.0, help="capacity: p95 final latency bound, s")
     parser.add_argument(
         "--bound-metric",
-        choices=("final", "vad"),
+        choices=("final", "vad", "partial"),
         default="final",
-        help="capacity: bound the final latency as defined (final, default) or from the VAD endpoint (vad)",
+        help="capacity: bound the final latency as defined (final, default), from the VAD endpoint (vad), "
+        "or the partial latency too (partial)",
     )
     parser.add_argument("--max-streams", type=int, default=64, help="capacity: largest N tried")
+    parser.add_argument(
+        "--min-streams",
+        type=int,
+        default=1,
+        help="capacity: skip the steps below this N (the server's own --max-streams, 64 by default, "
+        "caps it too: pass a larger one with --server-arg)",
+    )
     parser.add_argument(
         "--sweep",
         help="run these stream counts (e.g. 1,2,4,8) one after another, all of them, and report the largest "
@@ -1085,6 +1149,7 @@ async def _main(args: argparse.Namespace) -> int:
                 options,
                 bound_s=args.bound,
                 max_streams=args.max_streams,
+                min_streams=args.min_streams,
                 quiet=args.quiet,
                 bound_metric=args.bound_metric,
             )

@@ -5,7 +5,9 @@
 Layout (docs/ARCHITECTURE.md has the picture): `app` (routes, lifecycle, TLS), `state` (models, capacity,
 drain), `admission` and `auth` (handshake checks), `errors` (the error -> HTTP table), `live` (the one
 transport-neutral live stream), `outbox`, `timed_stream`, `transport` and `websocket` (connections),
-`prerecorded` (POST), `health` (/healthz, /readyz, /metrics), `ingress/` (one codec per wire dialect).
+`prerecorded` (POST), `health` (/healthz, /readyz, /metrics), `ingress/` (one codec per wire dialect);
+for `--workers N`: `supervisor` (the parent process), `worker` (each child), `handoff` (connections to
+workers), `control` (their messages) and `capacity` (stream slots every worker shares).
 This package is the only place that maps `streamer.errors` to HTTP statuses and close codes.
 """
 

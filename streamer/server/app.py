@@ -2,6 +2,7 @@
 
     app = create_app(config, engines={"en": ToneEngine()})  # engines injectable; None loads config.models
     run(config)  # python -m streamer: load the models, serve, drain on SIGTERM, stop on SIGINT
+    # (with config.workers > 1, run starts the supervisor of that many worker processes instead)
 
 Routes: `/v1/listen` (WebSocket: Deepgram's live dialect; POST: pre-recorded), `/v1/watch` (follow
 streams live), `/twilio` (Twilio Media Streams), `/audiohook` (Genesys AudioHook), `/asterisk`
@@ -24,6 +25,7 @@ from streamer.config import ServerConfig
 from streamer.engine import Engine
 from streamer.errors import ConfigError
 from streamer.server import health, pages
+from streamer.server.capacity import Capacity
 from streamer.server.ingress import asterisk, audiohook, audiosocket, deepgram, fork, twilio
 from streamer.server.prerecorded import listen_post
 from streamer.server.state import STATE, ServerState, load_engines
@@ -33,11 +35,25 @@ from streamer.server.websocket import websocket_endpoint
 log = logging.getLogger(__name__)
 
 
-def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -> web.Application:
+def create_app(
+    config: ServerConfig,
+    engines: dict[str, Engine] | None = None,
+    *,
+    capacity: Capacity | None = None,
+    worker: str | None = None,
+) -> web.Application:
     """The aiohttp application. `engines` maps model name -> Engine (tests inject fakes); None loads
-    `config.models` now (blocking) and the app closes them on cleanup."""
+    `config.models` now (blocking) and the app closes them on cleanup. A worker process of `--workers`
+    passes the shared stream table and its name; it then opens no listener of its own (the supervisor
+    hands it connections, `streamer.server.worker`)."""
     owns = engines is None
-    state = ServerState(config, load_engines(config) if engines is None else engines, owns_engines=owns)
+    state = ServerState(
+        config,
+        load_engines(config) if engines is None else engines,
+        owns_engines=owns,
+        capacity=capacity,
+        worker=worker,
+    )
     app = web.Application()
     app[STATE] = state
     app.router.add_get("/v1/listen", websocket_endpoint(deepgram.accept))
@@ -57,7 +73,7 @@ def create_app(config: ServerConfig, engines: dict[str, Engine] | None = None) -
     async def on_startup(app: web.Application) -> None:
         await app[STATE].start()
         telephony = config.telephony
-        if telephony.audiosocket_port is not None:
+        if telephony.audiosocket_port is not None and worker is None:
             host = telephony.audiosocket_host or config.host
             listeners.append(await audiosocket.start_listener(state, host, telephony.audiosocket_port))
 
@@ -94,6 +110,59 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+class StopRequest:
+    """How the server is asked to stop: `requested` (drain first) and `hurry` (end the streams now).
+
+    SIGTERM (an orchestrator) drains: running streams go on for --drain-timeout. SIGINT (a person at a
+    terminal), or a second SIGTERM, ends them now: finals flushed, 1012. `install()` routes both signals
+    here; a worker process also gets the supervisor's notices through `drain()` and `now()`.
+    """
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        if not self.requested.is_set():
+            log.info("%s received: shutting down", signum.name)
+            self.requested.set()
+            if signum == signal.SIGINT:
+                self.hurry.set()
+        elif not self.hurry.is_set():
+            log.info("%s received again: ending the running streams now", signum.name)
+            self.hurry.set()
+        else:
+            log.warning("%s again: already shutting down", signum.name)
+
+    def drain(self, why: str) -> None:
+        """Drain (idempotent: unlike a second SIGTERM, asking again does not hurry)."""
+        if not self.requested.is_set():
+            log.info("%s: shutting down", why)
+            self.requested.set()
+
+    def now(self, why: str) -> None:
+        """End the running streams now."""
+        if not self.hurry.is_set():
+            log.info("%s: ending the running streams now", why)
+        self.requested.set()
+        self.hurry.set()
+
+
+async def stop_when_asked(state: ServerState, stop: StopRequest) -> None:
+    """Wait for a stop request, drain unless hurried, then shut the streams down (flushed, 1012)."""
+    await stop.requested.wait()
+    # Drain while still listening, so that new handshakes get a clear 503 instead of a refused connection
+    # (and a load balancer's health check sees /readyz fail).
+    if not stop.hurry.is_set():
+        await state.drain(state.config.limits.drain_timeout_s, stop.hurry)
+    await state.shutdown()
+
+
 async def _serve(config: ServerConfig, engines: dict[str, Engine], tls: ssl.SSLContext | None = None) -> None:
     app = create_app(config, engines)
     # aiohttp's own handler drain only has to catch what our drain (on_shutdown) left behind.
@@ -103,40 +172,25 @@ async def _serve(config: ServerConfig, engines: dict[str, Engine], tls: ssl.SSLC
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
         log.info("listening on %s", _url(runner.addresses[0], "https" if tls is not None else "http"))
-        state = app[STATE]
-        stop, hurry = asyncio.Event(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: signal.Signals) -> None:
-            # SIGTERM (an orchestrator) drains: running streams go on for --drain-timeout. SIGINT (a person
-            # at a terminal), or a second SIGTERM, ends them now: finals flushed, 1012.
-            if not stop.is_set():
-                log.info("%s received: shutting down", signum.name)
-                stop.set()
-                if signum == signal.SIGINT:
-                    hurry.set()
-            elif not hurry.is_set():
-                log.info("%s received again: ending the running streams now", signum.name)
-                hurry.set()
-            else:
-                log.warning("%s again: already shutting down", signum.name)
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        await stop.wait()
-        # Drain while still listening, so that new handshakes get a clear 503 instead of a refused connection
-        # (and a load balancer's health check sees /readyz fail).
-        if not hurry.is_set():
-            await state.drain(config.limits.drain_timeout_s, hurry)
-        await state.shutdown()
+        stop = StopRequest()
+        stop.install()
+        await stop_when_asked(app[STATE], stop)
     finally:
         await runner.cleanup()
     log.info("stopped")
 
 
 def run(config: ServerConfig, engines: dict[str, Engine] | None = None) -> None:
-    """Load the models, serve until SIGINT/SIGTERM, then stop gracefully. Raises StreamerError or OSError."""
+    """Load the models, serve until SIGINT/SIGTERM, then stop gracefully. Raises StreamerError or OSError.
+    With `config.workers` > 1 a supervisor runs the worker processes instead (`engines` must be None)."""
     tls = ssl_context(config)  # before the models load: a bad certificate fails at once
+    if config.workers > 1:
+        if engines is not None:
+            raise ConfigError("worker processes load their own engines: pass none with workers > 1")
+        from streamer.server.supervisor import supervise
+
+        supervise(config)
+        return
     owned = engines is None
     engines = load_engines(config) if engines is None else engines
     try:

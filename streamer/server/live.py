@@ -196,6 +196,8 @@ class LiveStream:
         """Close code and reason when the stream could not end normally."""
         if self._stop is not None and self._stop.kind == "shutdown":
             return 1012, "server shutting down"
+        if self.state.failure is not None:
+            return 1011, self.state.failure  # this worker process is failing; a retry lands on another
         return 1011, "internal error"
 
     async def run(self) -> None:

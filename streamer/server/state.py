@@ -3,7 +3,8 @@
 `ServerState(config, engines, owns_engines)`; `await start()`, `reserve()`/`release()` around every stream
 or request, `await drain(timeout)` (SIGTERM: not ready, running streams go on), `await shutdown()` (stop
 accepting, end and flush every stream within the grace period; idempotent), `await close()`.
-`app[STATE]` holds it.
+`app[STATE]` holds it. In a worker process (`--workers`), `capacity` is the table the workers share and
+`worker` names this one; `fail(reason)` ends every stream with 1011 before the worker exits on an error.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from streamer.errors import ConfigError, OverloadError
 from streamer.load import LoadTracker
 from streamer.metrics import Metrics
 from streamer.protocol import ModelIdentity, ModelInfo
+from streamer.server.capacity import Capacity, LocalCapacity
 from streamer.server.errors import EngineSaturated, KeyLimitReached, ShuttingDown
 from streamer.server.http_signatures import NonceCache
 from streamer.server.resume import ResumeCodec
@@ -101,6 +103,8 @@ def _public_arch(engine_name: str) -> str:
 
 
 DRAIN_POLL_S = 0.25
+LOAD_PUBLISH_S = 0.5
+"""How often a worker tells the others its engines' load (for the server-wide /readyz)."""
 
 
 @dataclass(eq=False)
@@ -143,7 +147,14 @@ def _keyterm_compiler(engine: Engine, config: ServerConfig, model: str) -> Keyte
 class ServerState:
     """Per-app state: models, metrics, live streams and the capacity counter."""
 
-    def __init__(self, config: ServerConfig, engines: dict[str, Engine], owns_engines: bool) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engines: dict[str, Engine],
+        owns_engines: bool,
+        capacity: Capacity | None = None,
+        worker: str | None = None,
+    ) -> None:
         missing = [m.name for m in config.models if m.name not in engines]
         if missing:
             raise ConfigError(f"no engine given for model(s): {', '.join(missing)}")
@@ -173,13 +184,22 @@ class ServerState:
         self._owns_engines = owns_engines
         self.jobs: set[Job] = set()
         """Live streams and pre-recorded requests in progress, which shutdown lets finish."""
-        self.active = 0
+        self.capacity: Capacity = capacity if capacity is not None else LocalCapacity()
+        """Stream slots: this process's, or the table every worker process shares."""
+        self.worker = worker
+        """This worker's name (`w1`, ...) when the server runs several processes; None in one process."""
+        self.accepted = 0
+        """Streams and requests this process took a slot for, since it started."""
+        self.failure: str | None = None
+        """Why this worker is failing (`fail`): the close reason its streams get."""
+        self.cluster_metrics: Callable[[], Awaitable[bytes]] | None = None
+        """In a worker: the whole server's /metrics text, merged by the supervisor (set by the worker)."""
         self.live: dict[str, LiveStream] = {}
         """Live streams by request id, from the handshake until their handler has released everything
         (tests and /metrics count them to show that nothing outlives its connection)."""
         self._key_limits = dict(config.api_key_limits)
-        self.key_streams: dict[str, int] = {}
-        """Streams and requests in progress per API key that has its own limit."""
+        if worker is not None:
+            self.metrics.track_worker(worker, self.capacity.own, lambda: self.accepted, self._engine_busy)
         delivery = config.delivery
         self.watch = WatchHub(
             delivery.watch_history, delivery.watch_queue, delivery.max_watchers, self.metrics
@@ -194,6 +214,10 @@ class ServerState:
         self.draining = False
         self.started = False
         self._shutdown: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+
+    def _engine_busy(self) -> dict[str, float]:
+        return {name: model.batcher.load.snapshot().busy_fraction for name, model in self.models.items()}
 
     def _batch_observer(self, name: str) -> Callable[[int, float], None]:
         def observe(size: int, seconds: float) -> None:
@@ -201,35 +225,55 @@ class ServerState:
 
         return observe
 
+    @property
+    def active(self) -> int:
+        """Streams and requests in progress on the whole server (every worker)."""
+        return self.capacity.total()
+
+    @property
+    def key_streams(self) -> dict[str, int]:
+        """Streams and requests in progress per API key that has its own limit (those with some)."""
+        return self.capacity.key_counts()
+
+    def _limited(self, key: str | None) -> str | None:
+        return key if key is not None and self._key_limits.get(key) is not None else None
+
     # capacity: check and take a slot with no await in between, so concurrent handshakes cannot overshoot
     def reserve(self, kind: str, model: str, key: str | None = None) -> None:
         """Take a slot for a stream or request of `model` by API key `key` (None: auth off), or raise
         ShuttingDown, OverloadError (max streams), KeyLimitReached or EngineSaturated."""
         self.check_capacity(model, key)
-        self.active += 1
-        if key is not None and self._key_limits.get(key) is not None:
-            self.key_streams[key] = self.key_streams.get(key, 0) + 1
+        limited = self._limited(key)
+        # Checked again as the slot is taken: another worker may have taken the last one meanwhile.
+        refused = self.capacity.take(
+            limited, self.config.limits.max_streams, self._key_limits.get(limited) if limited else None
+        )
+        if refused is not None:
+            self._refuse(refused, key)
+        self.accepted += 1
         self.metrics.active_streams.labels(kind).inc()
 
     def check_capacity(self, model: str, key: str | None = None) -> None:
         """Raise what `reserve` would raise now, without taking a slot (a page asks before it retries)."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
-        if self.active >= self.config.limits.max_streams:
-            raise OverloadError(f"all {self.config.limits.max_streams} streams are busy; retry later")
-        limit = self._key_limits.get(key) if key is not None else None
-        if key is not None and limit is not None and self.key_streams.get(key, 0) >= limit:
-            raise KeyLimitReached(f"this API key already has its limit of {limit} concurrent streams")
+        if self.capacity.total() >= self.config.limits.max_streams:
+            self._refuse("streams", key)
+        limited = self._limited(key)
+        if limited is not None and self.capacity.of_key(limited) >= self._key_limits[limited]:
+            self._refuse("key", key)
         saturated = self.saturation(model)
         if saturated is not None:
             raise EngineSaturated(saturated)
 
+    def _refuse(self, refusal: str, key: str | None) -> NoReturn:
+        if refusal == "key" and key is not None:
+            limit = self._key_limits[key]
+            raise KeyLimitReached(f"this API key already has its limit of {limit} concurrent streams")
+        raise OverloadError(f"all {self.config.limits.max_streams} streams are busy; retry later")
+
     def release(self, kind: str, key: str | None = None) -> None:
-        self.active -= 1
-        if key is not None and key in self.key_streams:
-            self.key_streams[key] -= 1
-            if not self.key_streams[key]:
-                del self.key_streams[key]
+        self.capacity.give(self._limited(key))
         self.metrics.active_streams.labels(kind).dec()
 
     def saturation(self, model: str) -> str | None:
@@ -248,14 +292,47 @@ class ServerState:
             )
         return None
 
+    def server_saturation(self, model: str) -> str | None:
+        """Like `saturation`, for the whole server: with workers, over the mean load of their engines
+        (on one GPU, every worker's busy fraction is the accelerator's load seen through its copy)."""
+        pooled = self.capacity.pooled_load(model)
+        if pooled is None:
+            return self.saturation(model)
+        busy, wait = pooled
+        limits = self.config.limits
+        if busy >= limits.max_busy_fraction:
+            return f"model {model} is at capacity on every worker (engines busy {busy:.0%} on average)"
+        if wait > limits.max_queue_wait_s:
+            return f"model {model} is at capacity on every worker (windows waited {wait:.2f} s on average)"
+        return None
+
     @property
     def ready(self) -> bool:
         return (
             self.started
             and self.accepting
             and self.active < self.config.limits.max_streams
-            and not any(self.saturation(name) for name in self.models)
+            and not any(self.server_saturation(name) for name in self.models)
         )
+
+    def publish_load(self) -> None:
+        """Write this worker's engine load into the shared table (for the server-wide readiness)."""
+        for name, model in self.models.items():
+            snapshot = model.batcher.load.snapshot()
+            self.capacity.publish_load(name, snapshot.busy_fraction, snapshot.queue_wait_s)
+
+    async def _publish_load(self) -> None:
+        while True:
+            self.publish_load()
+            await asyncio.sleep(LOAD_PUBLISH_S)
+
+    def fail(self, reason: str) -> None:
+        """This worker cannot go on (an unhandled error): end every stream and request now; live streams
+        close with 1011 and `reason` (`LiveStream` reads `failure`), and nothing new is accepted."""
+        self.failure = reason
+        self.accepting = False
+        for job in list(self.jobs):
+            job.task.cancel()
 
     def refresh_gauges(self) -> None:
         """Bring the gauges that are read, not pushed (load, live sessions, tasks) up to date."""
@@ -276,6 +353,8 @@ class ServerState:
     async def start(self) -> None:
         for model in self.models.values():
             model.batcher.start()
+        if self.capacity.shared:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_load(), name="load")
         await self.webhooks.start()
         self.started = True
         for model in self.models.values():
@@ -359,6 +438,9 @@ class ServerState:
             await _wait_all(late, 1.0)
 
     async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
         self.watch.close_all()
         await self.webhooks.close()
         for model in self.models.values():

@@ -195,3 +195,16 @@ async def start_listener(state: ServerState, host: str, port: int) -> asyncio.Se
     state.audiosocket_port = int(bound[1])
     log.info("AudioSocket listening on %s:%d (no authentication: keep it on a private network)", *bound[:2])
     return server
+
+
+async def adopt(state: ServerState, sock: socket.socket) -> None:
+    """Serve an AudioSocket connection that another process accepted (a worker of `--workers`)."""
+
+    def protocol() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=READ_BYTES)
+        return asyncio.StreamReaderProtocol(reader, handle)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_connection(state, reader, writer)
+
+    await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
