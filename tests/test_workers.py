@@ -370,3 +370,18 @@ async def test_workers_speak_tls_on_the_connections_they_are_handed(tmp_path: Pa
             assert final_words(await finish(ws)) == ["abc", "bad"]
     assert server.proc is not None and server.proc.returncode == 0
     assert not server.error_lines()
+
+
+# ---- the measurements behind the design ----
+
+
+def test_the_ipc_and_spread_benchmarks_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.bench import ipc, spread
+
+    assert ipc.main(["--windows", "50", "--modes", "shm,asyncio"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ipc: mode=(shm|asyncio) p50_us=\d+ p99_us=\d+ cpu_us=\d+", last)
+    assert spread.main(["--rounds", "3", "--connections", "4", "--modes", "handoff,reuseport"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    handoff = next(row.split() for row in rows if row.startswith("handoff"))
+    assert handoff[2:5] == ["1.00", "1.00", "0%"]  # even, every round

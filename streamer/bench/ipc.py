@@ -193,19 +193,19 @@ def measure(mode: str, shape: Shape, windows: int, warmup: int = 200) -> IpcResu
 def _step(
     mode: str, conn: Connection, window: np.ndarray, shape: Shape, shms: list[SharedMemory]
 ) -> Callable[[], None]:
+    """One window's round trip in `mode` (not asyncio), as a function of no arguments."""
+
+    def pipe() -> None:
+        conn.send_bytes(window.tobytes())
+        np.frombuffer(conn.recv_bytes(), np.float32).reshape(shape.frames, shape.vocab).copy()
+
+    def pickled() -> None:
+        conn.send(window)
+        conn.recv()
+
     if mode == "pipe":
-
-        def over_pipe() -> None:
-            conn.send_bytes(window.tobytes())
-            np.frombuffer(conn.recv_bytes(), np.float32).reshape(shape.frames, shape.vocab).copy()
-
-        return over_pipe
+        return pipe
     if mode == "pickle":
-
-        def pickled() -> None:
-            conn.send(window)
-            conn.recv()
-
         return pickled
     audio = np.ndarray((shape.samples,), np.float32, shms[0].buf)
     out = np.ndarray((shape.frames, shape.vocab), np.float32, shms[1].buf)
