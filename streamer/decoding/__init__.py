@@ -71,7 +71,7 @@ class KeytermCompiler:
         self.defaults = tuple(defaults)
         self._pronounce = pronounce
         self._known: dict[str, list[tuple[int, ...]]] = {}
-        self._defaults_trie: tuple[tuple[Keyterm, ...], KeytermTrie] | None = None
+        self._defaults_trie: KeytermTrie | None = None
         self._lock = threading.Lock()
 
     def pronounce(self, word: str) -> list[tuple[int, ...]]:
@@ -91,13 +91,9 @@ class KeytermCompiler:
             return None
         if not terms:
             # Every stream without its own keyterms shares one trie of the server's (never modified).
-            with self._lock:
-                cached = self._defaults_trie
-            if cached is None or cached[0] != self.defaults:
-                cached = (self.defaults, KeytermTrie.build(every, self.pronounce))
-                with self._lock:
-                    self._defaults_trie = cached
-            return cached[1]
+            if self._defaults_trie is None:
+                self._defaults_trie = KeytermTrie.build(every, self.pronounce)  # a race builds it twice
+            return self._defaults_trie
         return KeytermTrie.build(every, self.pronounce)
 
 
@@ -106,9 +102,11 @@ class KeytermCompiler:
 PLAIN_BEAM = BeamOptions(lm_weight=0.0, word_bonus=0.0, oov_logp=0.0, split_penalty=math.inf)
 
 
-def keyterm_compiler(engine: _CtcEngine, limits: KeytermLimits | None = None) -> KeytermCompiler:
+def keyterm_compiler(
+    engine: _CtcEngine, limits: KeytermLimits | None = None, defaults: Sequence[Keyterm] = ()
+) -> KeytermCompiler:
     """How `engine`'s streams get keyterms: its final decoder (else a plain beam search over its
-    vocabulary) and its `pronounce(word)` (else its vocabulary's characters)."""
+    vocabulary) and its `pronounce(word)` (else its vocabulary's characters); `defaults`: the server's."""
     vocabulary = list(engine.vocabulary)  # type: ignore[call-overload]
     delimiter = engine.word_delimiter_id
     decoder = final_decoder(engine)
@@ -124,7 +122,7 @@ def keyterm_compiler(engine: _CtcEngine, limits: KeytermLimits | None = None) ->
     pronounce: Pronouncer | None = getattr(engine, "pronounce", None)
     if pronounce is None:
         pronounce = char_pronouncer(vocabulary, vocabulary[delimiter] if delimiter is not None else None)
-    return KeytermCompiler(decoder, pronounce, limits or KeytermLimits())
+    return KeytermCompiler(decoder, pronounce, limits or KeytermLimits(), defaults)
 
 
 __all__ = [

@@ -130,8 +130,8 @@ async def _wait_all(jobs: Sequence[Job], timeout: float) -> None:
 
 
 def _keyterm_compiler(engine: Engine, config: ServerConfig, model: str) -> KeytermCompiler:
-    compiler = keyterm_compiler(engine, config.keyterm_limits)
-    compiler.defaults = tuple(t for m, t in config.keyterms if m in (model, "*"))
+    defaults = [t for m, t in config.keyterms if m in (model, "*")]
+    compiler = keyterm_compiler(engine, config.keyterm_limits, defaults)
     if compiler.defaults:
         trie = compiler.compile(())  # pronounces them now, once
         skipped = trie.skipped if trie is not None else []
