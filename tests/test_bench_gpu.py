@@ -153,11 +153,21 @@ SUMMARY_KEYS = {
 }
 
 
+def test_auto_server_workers_feed_the_streams_and_leave_the_clients_two_cores() -> None:
+    assert gpu.auto_server_workers(2, 2) == 1
+    assert gpu.auto_server_workers(200, 16) == 1  # 0.6 cores of event loop
+    assert gpu.auto_server_workers(1000, 16) == 5  # 3 cores over 0.7 each
+    assert gpu.auto_server_workers(10_000, 16) == 14  # all but the load generator's two
+    assert gpu.auto_server_workers(1000, 2) == 1
+    assert gpu.main(["--device", "cpu", "--quick", "--server-workers", "none"]) == 2
+
+
 @pytest.mark.slow
 def test_quick_run_on_a_cpu(eval_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--quick", "--data", str(eval_data), "--json", str(out_json)]
-    assert gpu.main(argv) == 0
+    # Two worker processes serve the real run (the way a GPU machine runs it), each with its own model.
+    assert gpu.main([*argv, "--server-workers", "2"]) == 0
     out = capsys.readouterr().out
     fields = _summary(out.strip().splitlines()[-1])
     assert set(fields) == SUMMARY_KEYS
@@ -177,6 +187,7 @@ def test_quick_run_on_a_cpu(eval_data: Path, tmp_path: Path, capsys: pytest.Capt
     assert set(table["partial"]["seconds"]) == {"1", "2", "4"} and len(table["finals"]) == 1
     assert {p["interim"] for p in report["predictions"]} == {True, False}
     assert report["real_run"]["step"]["stats"]["dropped"] == 0
+    assert report["real_run"]["workers"] == 2 and "--workers 2" in out
 
 
 @pytest.mark.cuda

@@ -5,6 +5,7 @@ the control channel)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -352,6 +353,50 @@ async def test_a_killed_worker_is_restarted_and_serves_again() -> None:
             await asyncio.sleep(0.05)
         assert (await (await http.get(f"{server.url}/readyz")).json())["active_streams"] == 0
     assert server.proc is not None and server.proc.returncode == 0
+
+
+def _handoff_queue_length() -> int:
+    """How many connections a hand-off channel holds before its sender would block, on this machine."""
+    ours, theirs = handoff_pair()
+    ours.setblocking(False)
+    with ours, theirs, socket.socket() as conn:
+        count = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                send_connection(ours, conn, "http")
+                count += 1
+        return count  # the descriptors in flight are closed with the pair
+
+
+async def test_a_burst_of_connections_waits_for_busy_workers_instead_of_being_closed() -> None:
+    """A worker's hand-off queue holds as many connections as the socket's send buffer has room for (278
+    here); a burst larger than every worker's queue together waits in the backlog until the workers
+    read again, and every connection is answered (before, the rest were accepted and closed)."""
+    queue = _handoff_queue_length()
+    burst = 2 * queue + 40
+    async with workers_server() as server, asyncio.timeout(90):
+        pids = [
+            int((await wait_for_line(server, rf"worker {name} starting \(pid (\d+)\)")).group(1))
+            for name in ("w1", "w2")
+        ]
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def healthz() -> int:
+                async with http.get(f"{server.url}/healthz") as response:
+                    return response.status
+
+            for pid in pids:  # both event loops stop reading, as a saturated one would
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                requests = [asyncio.create_task(healthz()) for _ in range(burst)]
+                await asyncio.sleep(2.0)
+                assert not any(r.done() for r in requests)
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            assert await asyncio.gather(*requests) == [200] * burst
+    assert not any("a connection was closed" in line for line in server.log_lines)
 
 
 async def test_workers_speak_tls_on_the_connections_they_are_handed(tmp_path: Path) -> None:

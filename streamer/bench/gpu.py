@@ -27,9 +27,12 @@ a table on stdout:
    results, whose partial p95 <= --bound-partial (1 s); doubling, then bisection to --precision; with
    interim results on and off, up to --max-streams.
 3. Real run: the first model, in the dtype predicted to hold the most streams, saved to a temporary
-   folder and served by `python -m streamer` on the device with the recommended batch size; the load
-   benchmark's clients stream at the predicted count (--streams to choose another) for --seconds, and
-   the measured latencies are printed beside the simulator's for that count.
+   folder and served by `python -m streamer` on the device with the recommended batch size and
+   `--workers` from --server-workers (auto: enough processes to feed that many streams, each loading its
+   own copy of the model; start NVIDIA MPS first so that their kernels overlap); the load benchmark's
+   clients stream at the predicted count (--streams to choose another) for --seconds, and the measured
+   latencies are printed beside the simulator's for that count. The simulator batches all streams
+   together, the workers each their own: a gap between the two shows what separate batches cost.
 
 Final latency is measured from the VAD's endpoint by default (`--final-from vad`, the load benchmark's
 `--bound-metric vad`): a random-weight model, and the simulator's model-free stand-in, put their last word
@@ -77,6 +80,11 @@ QUICK_SIZES = (1, 2, 4)
 GRAPH_SIZES = (1, 4, 16, 64)
 """Batch sizes timed with and without a CUDA graph (and the recommended one)."""
 GIB = 1024**3
+FRONTEND_CPU_ESTIMATE = 0.003
+"""Server CPU outside inference per stream-second, core-s, for choosing the real run's workers: what
+one server process cost per stream at capacity on a 2-core test machine (0.0022-0.0027, README)."""
+WORKER_LOAD = 0.7
+"""How much of a core a worker's event loop is planned to use at the real run's stream count."""
 NAN = math.nan
 
 
@@ -522,9 +530,10 @@ async def real_run(
     seed: int,
     threads: int | None = None,
     log_path: Path | None = None,
+    workers: int = 1,
 ) -> Any:
-    """Serve the model in `folder` with `python -m streamer` and run one load step of `streams` clients;
-    returns the load benchmark's `StepResult`."""
+    """Serve the model in `folder` with `python -m streamer --workers workers` and run one load step of
+    `streams` clients; returns the load benchmark's `StepResult`."""
     from streamer.bench.load import LoadOptions, ServerProcess, Target, Workload, run_step
 
     workload = Workload.from_folder(data, language, seconds, seed)
@@ -539,6 +548,8 @@ async def real_run(
         str(max_batch),
         "--max-streams",
         str(streams + 8),
+        "--workers",
+        str(workers),
         *(["--threads", str(threads)] if threads is not None else []),
     ]
     server = ServerProcess(args, log_path)
@@ -646,6 +657,8 @@ class RealRun:
     predicted: SimStep
     """The simulator on the same streams (count and length)."""
     step: dict[str, Any]
+    workers: int = 1
+    """The server's worker processes (`--workers`)."""
 
 
 def summary_line(fields: dict[str, object]) -> str:
@@ -720,6 +733,13 @@ def _parser() -> argparse.ArgumentParser:
         "--streams", type=int, help="real run: streams (default: the prediction; --quick <= 2)"
     )
     parser.add_argument("--seconds", type=float, help="real run: audio per stream, s (default 30; --quick 6)")
+    parser.add_argument(
+        "--server-workers",
+        default="auto",
+        help="real run: the server's --workers, or auto: enough processes to feed the streams at "
+        f"{FRONTEND_CPU_ESTIMATE:g} core-s of CPU per stream-second, {WORKER_LOAD:g} core each, leaving "
+        "two cores to the load generator (default %(default)s)",
+    )
     parser.add_argument("--server-log", type=Path, help="real run: write the server's log here")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     return parser
@@ -833,7 +853,12 @@ def run(args: argparse.Namespace) -> int:
         log(f"simulating the real run: {streams} stream(s) of {seconds:g} s")
         same = replace(spec, seconds=seconds)
         expected = simulate_step(head, max_batch, True, same, _streams(same, streams))
-        real = _real(args, head, max_batch, streams, seconds, device, threads, expected)
+        server_workers = (
+            auto_server_workers(streams, os.cpu_count() or 1)
+            if args.server_workers == "auto"
+            else int(args.server_workers)
+        )
+        real = _real(args, head, max_batch, streams, seconds, device, threads, expected, server_workers)
         print(_real_report(real))
     log(f"done after {time.perf_counter() - started:.0f} s")
 
@@ -881,6 +906,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def auto_server_workers(streams: int, cores: int) -> int:
+    """Worker processes for `streams` live streams: each at most WORKER_LOAD of a core at
+    FRONTEND_CPU_ESTIMATE per stream, and at most the cores less two (the load generator's)."""
+    wanted = math.ceil(streams * FRONTEND_CPU_ESTIMATE / WORKER_LOAD)
+    return max(1, min(wanted, cores - 2))
+
+
 def _json_dump(value: object) -> str:
     import json
 
@@ -905,6 +937,7 @@ def _real(
     device: str,
     threads: int | None,
     predicted: SimStep,
+    server_workers: int = 1,
 ) -> RealRun:
     from streamer.bench.load import percentile, step_json
 
@@ -925,6 +958,7 @@ def _real(
                 seed=args.seed,
                 threads=threads,
                 log_path=args.server_log,
+                workers=server_workers,
             )
         )
     stats = step.stats
@@ -950,21 +984,22 @@ def _real(
         held,
         predicted,
         step_json(step),
+        server_workers,
     )
 
 
 def _real_report(real: RealRun) -> str:
     predicted = real.predicted
     lines = [
-        f"real run: {real.streams} stream(s), --max-batch {real.max_batch}",
+        f"real run: {real.streams} stream(s), --max-batch {real.max_batch}, --workers {real.workers}",
         f"{'':<12}{'final_p95':>10}{'partial_p95':>12}{'mean_batch':>11}{'speech_finals':>14}{'dropped':>8}",
         f"{'predicted':<12}{_num(predicted.final_p95):>10}{_num(predicted.partial_p95):>12}"
         f"{_num(predicted.mean_batch, 2):>11}{predicted.speech_finals:>14}{predicted.dropped:>8}",
         f"{'measured':<12}{_num(real.final_p95):>10}{_num(real.partial_p95):>12}"
         f"{_num(real.mean_batch, 2):>11}{real.speech_finals:>14}{real.dropped:>8}",
         f"held: {'yes' if real.held else 'no'} (clients behind: {real.behind}); server CPU outside "
-        f"inference: {_num(real.frontend_cpu, 5)} core-s per stream-second, so one event loop feeds about "
-        f"{math.floor(1 / real.frontend_cpu) if real.frontend_cpu > 0 else '-'} streams",
+        f"inference: {_num(real.frontend_cpu, 5)} core-s per stream-second (every process), so one process "
+        f"feeds about {math.floor(1 / real.frontend_cpu) if real.frontend_cpu > 0 else '-'} streams",
     ]
     return "\n".join(lines)
 
@@ -972,6 +1007,9 @@ def _real_report(real: RealRun) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m streamer.bench gpu [flags]`; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.server_workers != "auto" and not (args.server_workers.isdigit() and int(args.server_workers) > 0):
+        log("error: --server-workers must be auto or a positive number")
+        return 2
     if args.max_batch != "auto" and not args.max_batch.isdigit():
         log("error: --max-batch must be auto or a number")
         return 2

@@ -9,6 +9,9 @@
 Each client streams real speech from `--data` (default ../shared/data, `--language en`): clips in a
 client-specific order joined with 0.3-2 s pauses (`streamer.bench.data.join_with_pauses`), at real-time
 pace in random 20-100 ms linear16 frames, with `interim_results=true&vad_events=true`, then CloseStream.
+The clients share the machine with the server, so they are lean (`streamer.bench.lean_clients`: one pacer
+for every stream, prepared frames, JSON parsed after the step; about half the CPU of a websockets-library
+client per stream); `--clients websockets` runs one websockets client per stream instead (also for wss://).
 Without `--url` the server runs as a subprocess (`python -m streamer --port 0` plus the pass-through flags
 `--model --max-batch --max-wait-ms --threads --dtype --window-left/hop/right --no-final-pass` and any
 `--server-arg`), so its CPU time is read from /proc alone: the whole process, and its event-loop thread
@@ -65,6 +68,7 @@ import numpy as np
 from streamer import SAMPLE_RATE
 from streamer.audio import float_to_linear16
 from streamer.bench.data import join_with_pauses, load_manifest
+from streamer.bench.lean_clients import frame_sizes, parse_messages, run_lean_clients
 from streamer.ctc import FloatArray
 from streamer.vad import VadConfig
 
@@ -397,13 +401,12 @@ async def run_client(
                         run.messages.append((time.perf_counter(), json.loads(message)))
 
             receiver = asyncio.create_task(receive())
-            rng = random.Random(seed)
             started = time.perf_counter()
             pos = 0
             try:
-                while pos < len(pcm):
-                    chunk = pcm[pos : pos + 32 * rng.randint(*frame_ms)]  # 32 bytes per ms
-                    pos += len(chunk)
+                for size in frame_sizes(len(pcm), frame_ms, seed):
+                    chunk = pcm[pos : pos + size]
+                    pos += size
                     due = started + pos / (2 * SAMPLE_RATE)  # a frame exists once its last sample does
                     delay = due - time.perf_counter()
                     if delay > 0:
@@ -666,6 +669,9 @@ class LoadOptions:
     seed: int = 0
     language: str = "en"
     lag_limit_s: float = LAG_LIMIT_S
+    clients: str = "lean"
+    """`lean` (`lean_clients`: one pacer, prepared frames, JSON parsed after the run; ws:// only) or
+    `websockets` (a websockets-library client per stream, as before): the same frames either way."""
 
 
 async def run_step(target: Target, streams: int, workload: Workload, options: LoadOptions) -> StepResult:
@@ -689,17 +695,36 @@ async def run_step(target: Target, streams: int, workload: Workload, options: Lo
         client_before = time.process_time()
         machine_before = machine_busy()
         started = time.perf_counter()
-        runs = await asyncio.gather(
-            *(
-                run_client(uri, i, pcm, frame_ms=options.frame_ms, seed=options.seed * 1009 + i)
-                for i, pcm in enumerate(pcms)
+        seeds = [options.seed * 1009 + i for i in range(streams)]
+        lean = options.clients == "lean" and uri.startswith("ws://")
+        if lean:
+            lean_runs = await run_lean_clients(uri, pcms, frame_ms=options.frame_ms, seeds=seeds)
+        else:
+            runs = await asyncio.gather(
+                *(
+                    run_client(uri, i, pcm, frame_ms=options.frame_ms, seed=seed)
+                    for i, (pcm, seed) in enumerate(zip(pcms, seeds, strict=True))
+                )
             )
-        )
         wall = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
         machine_cpu = machine_busy() - machine_before
         cpu = read_cpu(target.pid) - cpu_before if target.pid and cpu_before else None
         after = await scrape(session, target)
+    if lean:  # parsed now, after the CPU was read: the run itself did not need the JSON
+        runs = [
+            ClientRun(
+                r.index,
+                r.audio_s,
+                r.frames,
+                parse_messages(r),
+                r.max_lag_s,
+                r.close_code,
+                r.error,
+                r.rejected,
+            )
+            for r in lean_runs
+        ]
 
     def delta(name: str) -> float:
         return metric(after, name) - metric(before, name)
@@ -1067,6 +1092,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N busy processes (one core each) during the steps, as another tenant would (default 0)",
     )
+    parser.add_argument(
+        "--clients",
+        choices=("lean", "websockets"),
+        default="lean",
+        help="the load generator's clients: lean (one pacer for all streams, JSON parsed after the run; "
+        "ws:// only) or websockets (one websockets-library client per stream, as before 2026-12); the same "
+        "frames either way (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     group = parser.add_argument_group("passed to the started server (its defaults when not given)")
     group.add_argument("--model", action="append", metavar="[LANG=]SPEC", help="e.g. en=fake:tone")
@@ -1086,7 +1119,9 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _main(args: argparse.Namespace) -> int:
     workload = Workload.from_folder(args.data, args.language, args.seconds, args.seed)
-    options = LoadOptions(endpointing_ms=args.endpointing_ms, seed=args.seed, language=args.language)
+    options = LoadOptions(
+        endpointing_ms=args.endpointing_ms, seed=args.seed, language=args.language, clients=args.clients
+    )
     server: ServerProcess | None = None
     if args.url:
         target = Target(args.url, args.pid)

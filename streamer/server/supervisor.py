@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 BACKLOG = 1024
 COLLECT_TIMEOUT_S = 3.0
 """How long a scrape waits for each worker's metrics text."""
+HANDOFF_WAIT_S = 30.0
+"""How long a connection may wait for a worker whose hand-off queue is full before it is closed."""
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STABLE_S = 30.0
@@ -390,23 +392,41 @@ class Supervisor:
             # With no worker serving (all restarting), connections wait in the backlog, not refused.
             await self._serving.wait()
             conn, _ = await loop.sock_accept(listener)
-            self._hand(conn, kind)
+            # Awaited: while every worker is behind on its hand-off queue, later connections wait in
+            # the listening backlog rather than being accepted and closed.
+            await self._hand(conn, kind)
 
-    def _hand(self, conn: socket.socket, kind: str) -> None:
+    async def _hand(self, conn: socket.socket, kind: str) -> None:
         assert self.table is not None
-        streams = self.table.active_per_worker()
-        serving = [w.serving for w in self.workers]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOFF_WAIT_S
         try:
-            while (index := self.spreader.choose(streams, serving)) is not None:
-                worker = self.workers[index]
-                assert worker.handoff is not None
-                try:
-                    send_connection(worker.handoff, conn, kind)
-                    return
-                except OSError as exc:  # its queue is full (not reading) or it just exited
-                    log.warning("worker %s takes no connection (%s); trying another", worker.name, exc)
+            while True:
+                streams = self.table.active_per_worker()
+                serving = [w.serving for w in self.workers]
+                behind: list[socket.socket] = []
+                while (index := self.spreader.choose(streams, serving)) is not None:
+                    worker = self.workers[index]
+                    assert worker.handoff is not None
+                    try:
+                        send_connection(worker.handoff, conn, kind)
+                        return
+                    except BlockingIOError:
+                        # Its queue is full (a few connections: the kernel's datagram queue length)
+                        # because its event loop is busy; a burst of connections gets here.
+                        behind.append(worker.handoff)
+                    except OSError as exc:  # it just exited
+                        log.warning("worker %s takes no connection (%s); trying another", worker.name, exc)
                     serving[index] = False
-            log.warning("no worker is serving: a connection was closed")
+                if not behind:
+                    log.warning("no worker is serving: a connection was closed")
+                    return
+                if loop.time() >= deadline:
+                    log.warning(
+                        "no worker took a connection within %g s (all busy): it was closed", HANDOFF_WAIT_S
+                    )
+                    return
+                await _writable(behind, deadline - loop.time())
         finally:
             conn.close()  # the worker has its own copy now
 
@@ -428,6 +448,25 @@ class Supervisor:
                 log.warning("worker %s did not answer the scrape: %s", worker.name, reply)
         texts.append(generate_latest(self._registry).decode())
         return merge_expositions(texts, self.retired).decode()
+
+
+async def _writable(sockets: list[socket.socket], timeout: float) -> None:
+    """Return once one of `sockets` can be written to, or after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    for sock in sockets:
+        loop.add_writer(sock.fileno(), wake)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready, timeout)
+    finally:
+        for sock in sockets:
+            loop.remove_writer(sock.fileno())
 
 
 async def _collect(channel: Channel, timeout: float) -> str:
