@@ -14,12 +14,8 @@ import numpy as np
 import pytest
 from aiohttp import WSMsgType, web
 
-from streamer.bench.lean_clients import (
-    client_frame_header,
-    frame_sizes,
-    parse_messages,
-    run_lean_clients,
-)
+from streamer.bench.lean_clients import client_frame_header, parse_messages, run_lean_clients
+from streamer.bench.load import frame_sizes
 
 
 def _decode_header(header: bytes) -> tuple[int, bool, int, bytes]:

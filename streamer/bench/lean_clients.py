@@ -7,13 +7,13 @@ spend is one the server cannot (on 2 cores, the websockets library's clients too
 the CPU at capacity). These clients speak the same protocol at a fraction of the cost:
 - one pacer task sends every stream's due frames (a heap of due times, one wake-up every few
   milliseconds for all of them) instead of one sleeping coroutine per stream;
-- a frame is a prepared header (client frames must be masked: the key is zero, which leaves the
-  payload as it is, so the audio goes out uncopied and unmasked in Python) and a slice of the audio;
+- a frame is a header and a slice of the audio as it is (client frames must be masked: the key is
+  zero, which leaves the payload unchanged, so no pass over the audio in Python masks it);
 - received messages are kept as bytes with their arrival time and parsed into JSON after the run
   (the bookkeeping of `ClientRun.messages` does not need them earlier).
 A client never waits to send (a phone line does not either): when the server stops reading, audio
 waits in the client's buffer, and a frame's lag counts the audio waiting before it.
-The frames, their sizes and pacing and the messages recorded are those of `load.run_client`
+The frames (`load.frame_sizes`), their pacing and the messages recorded are those of `load.run_client`
 (same seeds, same sizes); only plain `ws://` is spoken here (the load benchmark uses the websockets
 client for `wss://`).
 """
@@ -25,7 +25,6 @@ import base64
 import heapq
 import json
 import os
-import random
 import struct
 import time
 from collections.abc import Sequence
@@ -34,10 +33,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamer import SAMPLE_RATE
+from streamer.bench.load import ClientRun, frame_sizes
 
 TICK_S = 0.004
 """The pacer sends what is due, then sleeps at least this long: frames leave at most this late."""
-BYTES_PER_MS = 2 * SAMPLE_RATE // 1000
 CLOSE_STREAM = b'{"type": "CloseStream"}'
 _MASK_ZERO = b"\x00\x00\x00\x00"
 
@@ -51,32 +50,13 @@ def client_frame_header(opcode: int, length: int) -> bytes:
     return bytes((0x80 | opcode, 0x80 | 127)) + struct.pack("!Q", length) + _MASK_ZERO
 
 
-def frame_sizes(total_bytes: int, frame_ms: tuple[int, int], seed: int) -> list[int]:
-    """The byte size of each frame a client sends (random `frame_ms` durations, the last one cut short)."""
-    rng = random.Random(seed)
-    sizes: list[int] = []
-    pos = 0
-    while pos < total_bytes:
-        size = min(BYTES_PER_MS * rng.randint(*frame_ms), total_bytes - pos)
-        sizes.append(size)
-        pos += size
-    return sizes
-
-
 @dataclass
-class LeanRun:
-    """What one lean client sent and received (`to_messages` parses the latter)."""
+class LeanRun(ClientRun):
+    """A `ClientRun` whose messages wait as bytes in `raw` until `parse_messages` reads them."""
 
-    index: int
-    audio_s: float
     started: float = 0.0
     """When the handshake finished (perf_counter): the stream's time 0, its pace counted from here."""
-    frames: list[tuple[int, float]] = field(default_factory=list)
     raw: list[tuple[float, bytes]] = field(default_factory=list)
-    max_lag_s: float = 0.0
-    close_code: int | None = None
-    error: str | None = None
-    rejected: bool = False
 
 
 class _Stream(asyncio.Protocol):
@@ -94,7 +74,6 @@ class _Stream(asyncio.Protocol):
         self.buffer = bytearray()
         self.fragments: list[bytes] = []
         self.handshaken = False
-        self.started = 0.0
         self.pos = 0
         self.next_frame = 0
         self.sent_close_frame = False
@@ -122,7 +101,7 @@ class _Stream(asyncio.Protocol):
                 self._finish()
                 return
             self.handshaken = True
-            self.started = self.run.started = time.perf_counter()
+            self.run.started = time.perf_counter()
             if not self.upgraded.done():
                 self.upgraded.set_result(None)
         self._parse_frames(now)
@@ -191,14 +170,14 @@ class _Stream(asyncio.Protocol):
 
     def due(self) -> float:
         """When the next frame exists (its last sample), on the perf_counter clock."""
-        return self.started + (self.pos + self.sizes[self.next_frame]) / (2 * SAMPLE_RATE)
+        return self.run.started + (self.pos + self.sizes[self.next_frame]) / (2 * SAMPLE_RATE)
 
     def send_due(self, now: float) -> float | None:
         """Send the next frame (it is due); CloseStream after the last. Returns the next due time."""
         if self.closed.done() or self.sent_close_frame:
             return None
         size = self.sizes[self.next_frame]
-        due = self.started + (self.pos + size) / (2 * SAMPLE_RATE)
+        due = self.due()
         assert self.transport is not None
         # Audio still in this side's buffer (the server is not reading: the kernel's buffers are full)
         # has not left either: counted as lag, as a client that waits to send would be late by it.
@@ -214,22 +193,25 @@ class _Stream(asyncio.Protocol):
         return self.due()
 
 
-def _request(uri: str) -> tuple[str, int, bytes]:
+def _address(uri: str) -> tuple[str, int, str, str]:
+    """(host, port, path with query, Host header) of a ws:// URI."""
     parts = urlsplit(uri)
     if parts.scheme != "ws":
         raise ValueError(f"lean clients speak ws:// only, not {parts.scheme}://")
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname or "127.0.0.1", parts.port or 80, path, parts.netloc
+
+
+def _handshake(path: str, netloc: str) -> bytes:
+    """An opening handshake request (RFC 6455 4.1) with a key of its own."""
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    return host, port, request.encode()
+    ).encode()
 
 
-async def _pace(streams: list[_Stream], ready: asyncio.Queue[_Stream | None]) -> None:
+async def _pace(ready: asyncio.Queue[_Stream | None]) -> None:
     """Send every stream's frames when due; streams join through `ready` as their handshakes finish
     (None: no more will join)."""
     heap: list[tuple[float, int, _Stream]] = []
@@ -264,11 +246,11 @@ async def run_lean_clients(
 ) -> list[LeanRun]:
     """Stream each of `pcms` (16 kHz linear16) at real-time pace from its own connection to `uri`,
     then CloseStream, all at once; returns what each sent and received (messages unparsed)."""
-    host, port, _ = _request(uri)
+    host, port, path, netloc = _address(uri)
     loop = asyncio.get_running_loop()
     runs = [LeanRun(i, len(pcm) / (2 * SAMPLE_RATE)) for i, pcm in enumerate(pcms)]
     streams = [
-        _Stream(run, pcm, frame_sizes(len(pcm), frame_ms, seed), _request(uri)[2])
+        _Stream(run, pcm, frame_sizes(len(pcm), frame_ms, seed), _handshake(path, netloc))
         for run, pcm, seed in zip(runs, pcms, seeds, strict=True)
     ]
     ready: asyncio.Queue[_Stream | None] = asyncio.Queue()
@@ -284,7 +266,7 @@ async def run_lean_clients(
         if stream.handshaken and not stream.closed.done() and stream.sizes:
             await ready.put(stream)
 
-    pacer = asyncio.create_task(_pace(streams, ready))
+    pacer = asyncio.create_task(_pace(ready))
     await asyncio.gather(*(open_one(s) for s in streams))
     await ready.put(None)
     await pacer
@@ -301,5 +283,5 @@ async def run_lean_clients(
 
 
 def parse_messages(run: LeanRun) -> list[tuple[float, dict[str, Any]]]:
-    """The run's messages as (arrival time, JSON object): the shape `load.ClientRun.messages` holds."""
+    """The run's messages as (arrival time, JSON object): what its `messages` hold once read."""
     return [(t, json.loads(raw)) for t, raw in run.raw]

@@ -68,7 +68,6 @@ import numpy as np
 from streamer import SAMPLE_RATE
 from streamer.audio import float_to_linear16
 from streamer.bench.data import join_with_pauses, load_manifest
-from streamer.bench.lean_clients import frame_sizes, parse_messages, run_lean_clients
 from streamer.ctc import FloatArray
 from streamer.vad import VadConfig
 
@@ -384,6 +383,24 @@ class ClientRun:
         return self.frames[i][1]
 
 
+def client_seed(seed: int, index: int) -> int:
+    """The frame-size seed of client `index` in a run seeded `seed` (the simulator uses it too)."""
+    return seed * 1009 + index
+
+
+def frame_sizes(total_bytes: int, frame_ms: tuple[int, int], seed: int) -> list[int]:
+    """The byte size of each linear16 frame a client sends: random whole `frame_ms` durations from
+    `random.Random(seed)`, the last one cut short."""
+    rng = random.Random(seed)
+    sizes: list[int] = []
+    pos = 0
+    while pos < total_bytes:
+        size = min(2 * SAMPLE_RATE // 1000 * rng.randint(*frame_ms), total_bytes - pos)
+        sizes.append(size)
+        pos += size
+    return sizes
+
+
 async def run_client(
     uri: str, index: int, pcm: bytes, *, frame_ms: tuple[int, int], seed: int, close_timeout: float = 120.0
 ) -> ClientRun:
@@ -695,10 +712,14 @@ async def run_step(target: Target, streams: int, workload: Workload, options: Lo
         client_before = time.process_time()
         machine_before = machine_busy()
         started = time.perf_counter()
-        seeds = [options.seed * 1009 + i for i in range(streams)]
+        seeds = [client_seed(options.seed, i) for i in range(streams)]
         lean = options.clients == "lean" and uri.startswith("ws://")
         if lean:
+            # Imported here: lean_clients builds on this module (ClientRun, frame_sizes).
+            from streamer.bench.lean_clients import parse_messages, run_lean_clients
+
             lean_runs = await run_lean_clients(uri, pcms, frame_ms=options.frame_ms, seeds=seeds)
+            runs: list[ClientRun] = list(lean_runs)
         else:
             runs = await asyncio.gather(
                 *(
@@ -712,19 +733,8 @@ async def run_step(target: Target, streams: int, workload: Workload, options: Lo
         cpu = read_cpu(target.pid) - cpu_before if target.pid and cpu_before else None
         after = await scrape(session, target)
     if lean:  # parsed now, after the CPU was read: the run itself did not need the JSON
-        runs = [
-            ClientRun(
-                r.index,
-                r.audio_s,
-                r.frames,
-                parse_messages(r),
-                r.max_lag_s,
-                r.close_code,
-                r.error,
-                r.rejected,
-            )
-            for r in lean_runs
-        ]
+        for lean_run in lean_runs:
+            lean_run.messages = parse_messages(lean_run)
 
     def delta(name: str) -> float:
         return metric(after, name) - metric(before, name)

@@ -36,7 +36,6 @@ import heapq
 import importlib
 import itertools
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from streamer import SAMPLE_RATE
-from streamer.bench.load import ClientRun, ClientStats, analyse_client
+from streamer.bench.load import ClientRun, ClientStats, analyse_client, client_seed, frame_sizes
 from streamer.ctc import FloatArray
 from streamer.engine.base import Engine
 from streamer.session import Session, StreamingConfig, WindowRequest
@@ -476,16 +475,20 @@ def _drive(
     systems: Sequence[System],
     core: Core,
     audios: Sequence[FloatArray],
-    rngs: Sequence[random.Random],
+    seeds: Sequence[int],
     frame_ms: tuple[int, int],
 ) -> list[ClientRun]:
-    """Every stream's frames, at real-time pace, in one time order through one core; the client runs."""
+    """Every stream's frames (the load benchmark's, `frame_sizes`), at real-time pace, in one time order
+    through one core; the client runs."""
     runs = [ClientRun(i, len(audio) / SAMPLE_RATE) for i, audio in enumerate(audios)]
     positions = [0] * len(audios)
     closed = [0.0] * len(audios)
+    sizes = [
+        iter(frame_sizes(2 * len(audio), frame_ms, seed)) for audio, seed in zip(audios, seeds, strict=True)
+    ]
 
     def next_arrival(i: int) -> tuple[float, int, int]:
-        end = min(len(audios[i]), positions[i] + 16 * rngs[i].randint(*frame_ms))
+        end = positions[i] + next(sizes[i]) // 2
         return end / SAMPLE_RATE, i, end  # a frame arrives with its last sample
 
     arrivals = [next_arrival(i) for i in range(len(audios)) if len(audios[i])]
@@ -522,7 +525,7 @@ def simulate(
 ) -> SimResult:
     """Stream `audio` through `system` in virtual time (see the module docstring)."""
     cpu = time.thread_time()
-    (run,) = _drive([system], core, [audio], [random.Random(seed)], frame_ms)
+    (run,) = _drive([system], core, [audio], [seed], frame_ms)
     total = time.thread_time() - cpu
     return SimResult(
         system.name,
@@ -571,8 +574,8 @@ def simulate_load(
 ) -> LoadResult:
     """Stream `audios[i]` through `systems[i]`, all at once on `core` (see the module docstring); client
     `i` sends its frames in the sizes the load benchmark's client `i` uses with the same `seed`."""
-    rngs = [random.Random(seed * 1009 + i) for i in range(len(audios))]
-    runs = _drive(systems, core, audios, rngs, frame_ms)
+    seeds = [client_seed(seed, i) for i in range(len(audios))]
+    runs = _drive(systems, core, audios, seeds, frame_ms)
     stats = ClientStats()
     for run in runs:
         stats.add(analyse_client(run, endpointing_s))

@@ -54,6 +54,8 @@ COLLECT_TIMEOUT_S = 3.0
 """How long a scrape waits for each worker's metrics text."""
 HANDOFF_WAIT_S = 30.0
 """How long a connection may wait for a worker whose hand-off queue is full before it is closed."""
+HANDOFF_RETRY_S = 0.005
+"""While every worker's hand-off queue is full: how often the supervisor tries again."""
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STABLE_S = 30.0
@@ -284,9 +286,8 @@ class Supervisor:
         if worker.last_metrics:
             self.retired = retire(self.retired, worker.last_metrics)
             worker.last_metrics = ""
-        for closing in (worker.handoff,):
-            if closing is not None:
-                closing.close()
+        if worker.handoff is not None:
+            worker.handoff.close()
         worker.handoff = None
         if worker.reading is not None:
             worker.reading.cancel()
@@ -404,7 +405,7 @@ class Supervisor:
             while True:
                 streams = self.table.active_per_worker()
                 serving = [w.serving for w in self.workers]
-                behind: list[socket.socket] = []
+                behind = False
                 while (index := self.spreader.choose(streams, serving)) is not None:
                     worker = self.workers[index]
                     assert worker.handoff is not None
@@ -412,9 +413,9 @@ class Supervisor:
                         send_connection(worker.handoff, conn, kind)
                         return
                     except BlockingIOError:
-                        # Its queue is full (a few connections: the kernel's datagram queue length)
+                        # Its queue is full (as many connections as the channel's send buffer holds)
                         # because its event loop is busy; a burst of connections gets here.
-                        behind.append(worker.handoff)
+                        behind = True
                     except OSError as exc:  # it just exited
                         log.warning("worker %s takes no connection (%s); trying another", worker.name, exc)
                     serving[index] = False
@@ -426,7 +427,9 @@ class Supervisor:
                         "no worker took a connection within %g s (all busy): it was closed", HANDOFF_WAIT_S
                     )
                     return
-                await _writable(behind, deadline - loop.time())
+                # Polled, not waited on with add_writer: a worker may exit meanwhile and its channel's
+                # descriptor be closed (and reused) under the registration.
+                await asyncio.sleep(HANDOFF_RETRY_S)
         finally:
             conn.close()  # the worker has its own copy now
 
@@ -448,25 +451,6 @@ class Supervisor:
                 log.warning("worker %s did not answer the scrape: %s", worker.name, reply)
         texts.append(generate_latest(self._registry).decode())
         return merge_expositions(texts, self.retired).decode()
-
-
-async def _writable(sockets: list[socket.socket], timeout: float) -> None:
-    """Return once one of `sockets` can be written to, or after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    for sock in sockets:
-        loop.add_writer(sock.fileno(), wake)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
-    finally:
-        for sock in sockets:
-            loop.remove_writer(sock.fileno())
 
 
 async def _collect(channel: Channel, timeout: float) -> str:
